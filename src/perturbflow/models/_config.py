@@ -1,0 +1,65 @@
+"""Hyper-parameters of a PerturbFlow model, as a dataclass with defaults that work."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+
+@dataclass
+class PerturbFlowConfig:
+    """Configuration of the count VAE (stage 1) and the latent flow (stage 2).
+
+    Parameters
+    ----------
+    backbone
+        Name of the velocity backbone (see ``perturbflow backbones``).
+    n_latent
+        Size of the VAE latent space the flow lives in.
+    n_hidden, n_layers, dropout_rate
+        Width, depth and dropout of the VAE's encoder and decoder.
+    gene_likelihood
+        ``"nb"`` (negative binomial) or ``"zinb"`` (zero-inflated).
+    vae_max_steps
+        Gradient steps of the VAE when ``max_epochs`` is not given (see ``default_vae_epochs``).
+    n_embed
+        Size of the perturbation and context embeddings.
+    set_size
+        Control cells moved together (the cells of a set for the set-transformer).
+    coupling
+        How sources and targets are paired within a set: ``"ot"`` (minibatch optimal
+        transport) or ``"random"``.
+    flow_batch_size
+        Sets per training step of the flow.
+    flow_steps_per_epoch
+        Training steps of the flow per epoch.
+    flow_lr
+        Learning rate of the flow.
+    ema_decay
+        Decay of the exponential moving average of the flow weights (0 disables it).
+    n_steps, solver
+        Default ODE integration steps and solver at prediction.
+    backbone_kwargs
+        Hyper-parameters passed to the backbone.
+    """
+
+    backbone: str = "mlp"
+    n_latent: int = 20
+    n_hidden: int = 128
+    n_layers: int = 1
+    dropout_rate: float = 0.1
+    gene_likelihood: Literal["nb", "zinb"] = "nb"
+    vae_max_steps: int = 3000
+    n_embed: int = 64
+    set_size: int = 32
+    coupling: Literal["ot", "random"] = "ot"
+    flow_batch_size: int = 8
+    flow_steps_per_epoch: int = 50
+    flow_lr: float = 1e-3
+    ema_decay: float = 0.995
+    n_steps: int = 20
+    solver: Literal["euler", "midpoint", "adaptive"] = "midpoint"
+    backbone_kwargs: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

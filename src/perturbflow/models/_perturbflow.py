@@ -1,0 +1,552 @@
+"""PerturbFlow: the user-facing model (count VAE + latent rectified flow)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import anndata as ad
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+from torch.utils.data import DataLoader
+
+from perturbflow._errors import PerturbFlowError
+from perturbflow.data import (
+    DataRegistry,
+    Group,
+    PairedSetDataset,
+    check_counts,
+    context_labels,
+    get_counts,
+    get_registry,
+    parse_perturbation,
+    perturbation_atoms,
+    setup_anndata,
+    split_labels,
+)
+from perturbflow.flow import LatentFlowModule
+from perturbflow.models._config import PerturbFlowConfig
+from perturbflow.nn import CountVAE
+from perturbflow.nn import context_statistics
+from perturbflow.train import FlowTrainingPlan
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "perturbflow.json"
+FLOW_FILE = "flow.pt"
+VAE_DIR = "vae"
+DECODE_CHUNK = 2048
+
+
+def _package_version() -> str:
+    from importlib.metadata import version
+
+    return version("perturbflow")
+
+
+class PerturbFlow:
+    """Predict single-cell perturbation responses with a latent rectified flow.
+
+    Stage 1 fits a count VAE (scvi-tools, negative-binomial likelihood) on all training
+    cells. Stage 2 learns a rectified flow in its latent space that carries control cells
+    of a context to the perturbed cells of that context, conditioned on the perturbation
+    (a set of atoms) and the context (its own control cells). Prediction moves control
+    cells along the flow and decodes them back to counts.
+
+    Parameters
+    ----------
+    adata
+        AnnData set up with :meth:`setup_anndata`.
+    backbone
+        Name of the velocity backbone: ``"mlp"``, ``"dit"``, ``"settransformer"``, ``"ssm"``.
+    **kwargs
+        Other fields of :class:`~perturbflow.models.PerturbFlowConfig`.
+
+    Examples
+    --------
+    >>> import perturbflow as pf
+    >>> adata = pf.datasets.synthetic()
+    >>> pf.PerturbFlow.setup_anndata(adata, perturbation_key="perturbation",
+    ...                              control_value="control", context_keys=["cell_type"])
+    >>> model = pf.PerturbFlow(adata)
+    >>> model.train()
+    >>> pred = model.predict(adata[adata.obs.perturbation == "control"], perturbations=["G0+G1"])
+    """
+
+    def __init__(self, adata: AnnData | None, backbone: str = "mlp", **kwargs):
+        from perturbflow.backbones import get_backbone
+
+        get_backbone(backbone)
+        unknown = set(kwargs) - set(PerturbFlowConfig.__dataclass_fields__)
+        if unknown:
+            raise PerturbFlowError(f"unknown PerturbFlow arguments: {', '.join(sorted(unknown))}")
+        self.config = PerturbFlowConfig(backbone=backbone, **kwargs)
+        self.is_trained = False
+        self.vae: CountVAE | None = None
+        self.flow: LatentFlowModule | None = None
+        self.adata = adata
+        if adata is None:  # filled by load()
+            return
+        self.registry = get_registry(adata)
+        self.genes = adata.var_names.astype(str).tolist()
+        split = split_labels(adata, self.registry)
+        atoms = perturbation_atoms(adata, self.registry)
+        fit_mask = split != "test"
+        self.atoms = sorted({a for s, m in zip(atoms, fit_mask) if m for a in s})
+        self.contexts = sorted(set(context_labels(adata, self.registry.context_keys)[fit_mask]))
+        self.context_stats: dict[str, list[float]] = {}
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        perturbation_key: str = "perturbation",
+        control_value: str = "control",
+        layer: str | None = None,
+        context_keys: Sequence[str] | str | None = None,
+        split_key: str | None = None,
+    ) -> None:
+        """Validate ``adata`` and record the keys perturbflow uses.
+
+        Parameters
+        ----------
+        adata
+            AnnData of raw counts (sparse or dense), in ``X`` or in ``layers[layer]``.
+        perturbation_key
+            Column of ``obs`` with the perturbation labels (``A``, ``A+B``, ``A+ctrl``, ...).
+        control_value
+            Label of the control cells in that column.
+        layer
+            Layer holding the counts; ``None`` uses ``X``.
+        context_keys
+            Columns of ``obs`` that define a context (cell type, cell line, donor, ...).
+        split_key
+            Column of ``obs`` with ``train`` / ``val`` / ``test``; ``test`` cells are never fitted.
+
+        Returns
+        -------
+        ``None``; writes the registry to ``adata.uns['perturbflow']``.
+        """
+        setup_anndata(
+            adata,
+            perturbation_key=perturbation_key,
+            control_value=control_value,
+            layer=layer,
+            context_keys=list(context_keys) if not isinstance(context_keys, str | None) else context_keys,
+            split_key=split_key,
+        )
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        max_epochs: int | None = None,
+        accelerator: str = "auto",
+        devices: int | str = "auto",
+        flow_max_epochs: int | None = None,
+        batch_size: int = 128,
+        seed: int = 0,
+        progress_bar: bool = True,
+    ) -> None:
+        """Fit the count VAE (stage 1), then the latent flow (stage 2).
+
+        Parameters
+        ----------
+        max_epochs
+            Epochs of both stages; ``None`` picks them from the data size (the VAE follows
+            scvi-tools' heuristic, the flow trains for about 3000 steps).
+        accelerator, devices
+            Passed to the Lightning trainers (GPU and multi-GPU come from Lightning).
+        flow_max_epochs
+            Epochs of the flow alone, overriding ``max_epochs`` for stage 2.
+        batch_size
+            Cells per minibatch of the VAE.
+        seed
+            Random seed of both stages.
+        progress_bar
+            Show Lightning's progress bars.
+        """
+        if self.adata is None:
+            raise PerturbFlowError("this model was loaded without training data; it can only predict")
+        adata, reg = self.adata, self.registry
+        split = split_labels(adata, reg)
+        fit_mask = split != "test"
+        contexts = context_labels(adata, reg.context_keys)
+        atoms = perturbation_atoms(adata, reg)
+
+        pl.seed_everything(seed, workers=True, verbose=False)
+        logger.info("stage 1: count VAE on %d cells x %d genes", int(fit_mask.sum()), adata.n_vars)
+        self.vae = CountVAE.fit(
+            get_counts(adata, reg.layer),
+            np.flatnonzero(fit_mask),
+            self.genes,
+            self.config,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            batch_size=batch_size,
+            progress_bar=progress_bar,
+        )
+        z = self.vae.latent(get_counts(adata, reg.layer), np.flatnonzero(fit_mask))
+        rows = np.flatnonzero(fit_mask)
+        z_all = np.zeros((adata.n_obs, z.shape[1]), dtype=np.float32)
+        z_all[rows] = z
+
+        is_control = np.array([len(a) == 0 for a in atoms])
+        self.context_stats = {}
+        for c in self.contexts:
+            ctrl = np.flatnonzero(fit_mask & is_control & (contexts == c))
+            if len(ctrl):
+                self.context_stats[c] = context_statistics(torch.from_numpy(z_all[ctrl])).tolist()
+        atom_index = {a: i + 1 for i, a in enumerate(self.atoms)}
+        ctx_index = {c: i for i, c in enumerate(self.context_stats)}
+        stats = np.array([self.context_stats[c] for c in ctx_index], dtype=np.float32)
+
+        def groups_of(part: str) -> list[Group]:
+            frame = pd.DataFrame(
+                {"atoms": [frozenset(a) for a in atoms], "context": contexts, "split": split}
+            )
+            out = []
+            mask = (frame["split"] == part).to_numpy() & ~is_control
+            for (a, c), idx in frame[mask].groupby(["atoms", "context"]).indices.items():
+                if c not in ctx_index:
+                    logger.warning("context %s has no control cells; its perturbed cells are skipped", c)
+                    continue
+                if any(x not in atom_index for x in a):
+                    continue
+                source = np.flatnonzero(fit_mask & is_control & (contexts == c))
+                target = np.flatnonzero(mask)[idx]
+                out.append(
+                    Group("+".join(sorted(a)), ctx_index[c], np.array([atom_index[x] for x in sorted(a)]), target, source)
+                )
+            return out
+
+        train_groups = groups_of("train")
+        if not train_groups:
+            raise PerturbFlowError("no perturbed training cells with control cells in the same context")
+        val_groups = groups_of("val")
+        logger.info("stage 2: latent flow on %d groups (%d validation)", len(train_groups), len(val_groups))
+
+        cfg = self.config
+        self.flow = LatentFlowModule(
+            n_latent=cfg.n_latent,
+            n_atoms=len(self.atoms),
+            backbone=cfg.backbone,
+            n_embed=cfg.n_embed,
+            backbone_kwargs=cfg.backbone_kwargs,
+        )
+        steps = cfg.flow_steps_per_epoch
+        n_epochs = flow_max_epochs or max_epochs or 60
+        dataset = PairedSetDataset(
+            z_all, train_groups, stats, cfg.set_size, steps * cfg.flow_batch_size, cfg.coupling, seed
+        )
+        loaders = {"train_dataloaders": DataLoader(dataset, batch_size=cfg.flow_batch_size)}
+        if val_groups:
+            val_set = PairedSetDataset(
+                z_all, val_groups, stats, cfg.set_size, 4 * cfg.flow_batch_size, cfg.coupling, seed + 1
+            )
+            loaders["val_dataloaders"] = DataLoader(val_set, batch_size=cfg.flow_batch_size)
+        callbacks = []
+        if cfg.ema_decay > 0:
+            from lightning.pytorch.callbacks import EMAWeightAveraging
+
+            callbacks.append(EMAWeightAveraging(decay=cfg.ema_decay))
+        trainer = pl.Trainer(
+            max_epochs=n_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=progress_bar,
+            enable_model_summary=False,
+            callbacks=callbacks,
+            limit_val_batches=1.0 if val_groups else 0,
+        )
+        trainer.fit(FlowTrainingPlan(self.flow, lr=cfg.flow_lr), **loaders)
+        self.flow = self.flow.cpu().eval()
+        self.is_trained = True
+
+    # ------------------------------------------------------------------ inputs
+    def _check_trained(self) -> None:
+        if not self.is_trained:
+            raise PerturbFlowError("the model is not trained; call train() first")
+
+    def _aligned_counts(self, adata: AnnData):
+        """The counts of ``adata`` with genes in training order; errors name what is wrong."""
+        layer = self.registry.layer
+        if layer is not None and layer not in adata.layers:
+            if adata.X is None:
+                raise PerturbFlowError(f"layer {layer!r} (the model's counts) not found in AnnData")
+            logger.info("layer %r not found; using X as counts", layer)
+            layer = None
+        genes = adata.var_names.astype(str)
+        if list(genes) != self.genes:
+            missing = pd.Index(self.genes).difference(genes)
+            if len(missing) or len(genes) != len(self.genes):
+                extra = genes.difference(pd.Index(self.genes))
+                raise PerturbFlowError(
+                    f"genes differ from the model's: {len(missing)} of the model's {len(self.genes)} genes "
+                    f"missing (e.g. {list(missing[:3])}), {len(extra)} extra; subset to the training genes"
+                )
+            adata = adata[:, self.genes]
+        check_counts(adata, layer)
+        return get_counts(adata, layer)
+
+    def _parse_requested(self, perturbations: Sequence[str]) -> list[tuple[str, list[int]]]:
+        if isinstance(perturbations, str):
+            perturbations = [perturbations]
+        if len(perturbations) == 0:
+            raise PerturbFlowError("no perturbations given")
+        index = {a: i + 1 for i, a in enumerate(self.atoms)}
+        out = []
+        for label in perturbations:
+            atoms = parse_perturbation(label, self.registry.control_value, self.registry.separator)
+            if not atoms:
+                raise PerturbFlowError(f"{label!r} is the control label, not a perturbation")
+            unknown = sorted(a for a in atoms if a not in index)
+            if unknown:
+                raise PerturbFlowError(
+                    f"unknown perturbation {label!r}: {', '.join(unknown)} never seen in training"
+                )
+            out.append((str(label), [index[a] for a in sorted(atoms)]))
+        return out
+
+    def _control_cells(self, adata: AnnData) -> AnnData:
+        key = self.registry.perturbation_key
+        if key in adata.obs.columns:
+            atoms = perturbation_atoms(adata, self.registry)
+            is_control = np.array([len(a) == 0 for a in atoms])
+            if not is_control.any():
+                raise PerturbFlowError(
+                    f"no control cells ({self.registry.control_value!r} in obs[{key!r}]) in the control AnnData"
+                )
+            if not is_control.all():
+                logger.info("using the %d control cells of %d given", int(is_control.sum()), adata.n_obs)
+                adata = adata[is_control]
+        if adata.n_obs == 0:
+            raise PerturbFlowError("the control AnnData has no cells")
+        return adata
+
+    def get_latent_representation(self, adata: AnnData | None = None) -> np.ndarray:
+        """Latent means ``E[z | x]`` of the cells of ``adata`` (the training data by default).
+
+        Returns
+        -------
+        Array of shape ``(n_cells, n_latent)``.
+        """
+        self._check_trained()
+        adata = self.adata if adata is None else adata
+        if adata is None:
+            raise PerturbFlowError("pass adata: this model was loaded without training data")
+        counts = self._aligned_counts(adata)
+        return self.vae.latent(counts, np.arange(adata.n_obs))
+
+    # ------------------------------------------------------------------ prediction
+    def predict(
+        self,
+        control_adata: AnnData,
+        perturbations: Sequence[str],
+        n_steps: int | None = None,
+        seed: int = 0,
+        n_cells: int | None = None,
+        solver: Literal["euler", "midpoint", "adaptive"] | None = None,
+        return_path: bool = False,
+    ) -> AnnData:
+        """Predict perturbed cells from control cells.
+
+        Each control cell is encoded, carried along the flow under each perturbation, and
+        decoded with its own library size.
+
+        Parameters
+        ----------
+        control_adata
+            Control cells (counts, same genes as training). If it holds a perturbation column,
+            its control cells are used. Context columns name each cell's context; a context
+            never seen in training is described by these control cells.
+        perturbations
+            Labels to predict, e.g. ``["KLF1+MAP2K6"]``. Every atom must have been seen.
+        n_steps
+            ODE steps (default: the model's ``n_steps``).
+        seed
+            Seed for choosing source cells and sampling counts.
+        n_cells
+            Cells per perturbation, drawn from the control cells with replacement; ``None`` gives
+            one predicted cell per control cell.
+        solver
+            ``"euler"``, ``"midpoint"`` or ``"adaptive"`` (default: the model's).
+        return_path
+            Also store the latent flow paths in ``uns['perturbflow_paths']`` (steps, cells, latent).
+
+        Returns
+        -------
+        AnnData with sampled integer counts in ``X`` (genes in training order), the expected
+        counts in ``layers['expected']``, the predicted latents in ``obsm['X_perturbflow']``,
+        and in ``obs`` the perturbation label, the source cells' context columns and
+        ``source_cell``.
+        """
+        self._check_trained()
+        requested = self._parse_requested(perturbations)
+        control_adata = self._control_cells(control_adata)
+        reg = self.registry
+        for key in reg.context_keys:
+            if key not in control_adata.obs.columns:
+                raise PerturbFlowError(f"context key {key!r} not found in the control cells' obs")
+        counts = self._aligned_counts(control_adata)
+        contexts = context_labels(control_adata, reg.context_keys)
+        rng = np.random.default_rng(seed)
+        z0_all = self.vae.latent(counts, np.arange(control_adata.n_obs))
+        library = np.asarray(counts.sum(axis=1)).reshape(-1).astype(np.float32)
+        if np.any(library <= 0):
+            raise PerturbFlowError("some control cells have no counts; filter empty cells first")
+
+        n_steps = n_steps or self.config.n_steps
+        solver = solver or self.config.solver
+        S = self.config.set_size
+        z_pred, src_rows, labels, paths = [], [], [], []
+        from rich.progress import track
+
+        for label, atom_ids in track(requested, description="predicting", disable=len(requested) < 3):
+            rows = np.arange(control_adata.n_obs) if n_cells is None else rng.choice(control_adata.n_obs, n_cells)
+            for c in pd.unique(contexts[rows]):
+                rows_c = rows[contexts[rows] == c]
+                ctrl_c = np.flatnonzero(contexts == c)
+                stats = context_statistics(torch.from_numpy(z0_all[ctrl_c]))
+                for start in range(0, len(rows_c), S * 64):
+                    chunk = rows_c[start : start + S * 64]
+                    out = self._transport(z0_all[chunk], atom_ids, stats, n_steps, solver, return_path)
+                    z_pred.append(out[0])
+                    paths.append(out[1])
+                    src_rows.append(chunk)
+                    labels += [label] * len(chunk)
+        z_pred = np.concatenate(z_pred)
+        src_rows = np.concatenate(src_rows)
+        X, expected = self.vae.decode(z_pred, library[src_rows], seed=seed)
+
+        obs = pd.DataFrame(index=[f"pred{i}" for i in range(len(src_rows))])
+        obs[reg.perturbation_key] = pd.Categorical(labels)
+        for key in reg.context_keys:
+            obs[key] = control_adata.obs[key].to_numpy()[src_rows]
+        obs["source_cell"] = control_adata.obs_names.to_numpy()[src_rows]
+        pred = AnnData(X=X, obs=obs, var=pd.DataFrame(index=self.genes))
+        pred.layers["expected"] = expected
+        pred.obsm["X_perturbflow"] = z_pred
+        pred.uns["perturbflow_prediction"] = {
+            "n_steps": n_steps,
+            "solver": solver,
+            "seed": seed,
+            "backbone": self.config.backbone,
+            "perturbation_key": reg.perturbation_key,
+            "control_value": reg.control_value,
+            "context_keys": list(reg.context_keys),
+        }
+        if return_path:
+            pred.uns["perturbflow_paths"] = np.concatenate(paths, axis=1)
+        return pred
+
+    def _transport(self, z0: np.ndarray, atom_ids, stats, n_steps, solver, return_path):
+        """Move ``(n, D)`` latents in sets of ``set_size`` (the last set may be smaller)."""
+        S = self.config.set_size
+        n, D = z0.shape
+        n_full = (n // S) * S
+        outs, paths = [], []
+        for part in (z0[:n_full].reshape(-1, S, D), z0[n_full:].reshape(1, -1, D)):
+            if part.shape[0] == 0 or part.shape[1] == 0:
+                continue
+            B = part.shape[0]
+            x_0 = torch.from_numpy(part.astype(np.float32))  # (B, S, D)
+            atoms = torch.tensor([atom_ids] * B, dtype=torch.long)  # (B, A)
+            context = stats.float().expand(B, -1)  # (B, 2D)
+            res = self.flow.transport(x_0, atoms, context, n_steps=n_steps, solver=solver, return_path=return_path)
+            x_1, path = res if return_path else (res, None)
+            outs.append(x_1.reshape(-1, D).numpy())
+            if return_path:
+                paths.append(path.reshape(path.shape[0], -1, D).numpy())
+        path = np.concatenate(paths, axis=1) if return_path else None
+        return np.concatenate(outs), path
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, dir_path: str | os.PathLike, overwrite: bool = False) -> None:
+        """Save the model as a folder: VAE and flow weights, config, genes, registry, version.
+
+        Parameters
+        ----------
+        dir_path
+            Folder to write. It must not hold files unless ``overwrite`` is true.
+        overwrite
+            Replace the files of an existing model folder.
+        """
+        self._check_trained()
+        path = Path(dir_path)
+        if path.exists() and any(path.iterdir()) and not overwrite:
+            raise PerturbFlowError(f"{path} already exists and is not empty; pass overwrite=True")
+        path.mkdir(parents=True, exist_ok=True)
+        self.vae.save(path / VAE_DIR)
+        torch.save(self.flow.state_dict(), path / FLOW_FILE)
+        meta = {
+            "perturbflow_version": _package_version(),
+            "config": self.config.to_dict(),
+            "registry": self.registry.to_dict(),
+            "genes": self.genes,
+            "atoms": self.atoms,
+            "contexts": self.contexts,
+            "context_stats": self.context_stats,
+        }
+        (path / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, dir_path: str | os.PathLike, adata: AnnData | None = None) -> PerturbFlow:
+        """Load a model saved with :meth:`save`.
+
+        Parameters
+        ----------
+        dir_path
+            The model folder.
+        adata
+            Optional training data to attach; its genes are checked against the model's.
+
+        Returns
+        -------
+        The trained model.
+        """
+        path = Path(dir_path)
+        if not (path / CONFIG_FILE).is_file():
+            what = "does not exist" if not path.exists() else f"is not a perturbflow model (no {CONFIG_FILE})"
+            raise PerturbFlowError(f"model folder {path} {what}")
+        meta = json.loads((path / CONFIG_FILE).read_text())
+        config = meta["config"]
+        model = cls(None, **config)
+        model.registry = DataRegistry.from_dict(meta["registry"])
+        model.genes = meta["genes"]
+        model.atoms = meta["atoms"]
+        model.contexts = meta["contexts"]
+        model.context_stats = meta["context_stats"]
+        model.vae = CountVAE.load(path / VAE_DIR, model.genes)
+        model.flow = LatentFlowModule(
+            n_latent=model.config.n_latent,
+            n_atoms=len(model.atoms),
+            backbone=model.config.backbone,
+            n_embed=model.config.n_embed,
+            backbone_kwargs=model.config.backbone_kwargs,
+        )
+        model.flow.load_state_dict(torch.load(path / FLOW_FILE, map_location="cpu", weights_only=True))
+        model.flow.eval()
+        model.is_trained = True
+        if adata is not None:
+            model._aligned_counts(adata)
+            model.adata = adata
+        return model
+
+    def __repr__(self) -> str:
+        state = "trained" if self.is_trained else "untrained"
+        return (
+            f"PerturbFlow({state}, backbone={self.config.backbone!r}, genes={len(self.genes)}, "
+            f"atoms={len(self.atoms)}, contexts={len(self.contexts)})"
+        )

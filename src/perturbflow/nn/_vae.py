@@ -1,0 +1,161 @@
+"""The count VAE of stage 1: scvi-tools' SCVI (negative-binomial or ZINB likelihood)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 2048
+
+
+def _dense_rows(counts, rows: np.ndarray) -> torch.Tensor:
+    block = counts[rows]
+    block = block.toarray() if sp.issparse(block) else np.asarray(block)
+    return torch.as_tensor(block, dtype=torch.float32)  # (n, G)
+
+
+def _anndata(counts, genes: list[str]) -> ad.AnnData:
+    X = counts if sp.issparse(counts) else np.asarray(counts)
+    X = sp.csr_matrix(X, dtype=np.float32)
+    return ad.AnnData(X=X, var=pd.DataFrame(index=genes))
+
+
+def default_vae_epochs(n_cells: int, batch_size: int, max_steps: int) -> int:
+    """Epochs giving about ``max_steps`` gradient steps, between 10 and 400.
+
+    scvi-tools' own heuristic trains small data sets for 400 epochs; a few thousand steps
+    reach the same reconstruction on them at a fraction of the CPU time.
+    """
+    steps_per_epoch = max(1, -(-n_cells // batch_size))
+    return int(np.clip(round(max_steps / steps_per_epoch), 10, 400))
+
+
+class CountVAE:
+    """Thin wrapper over :class:`scvi.model.SCVI` with chunked encode and decode.
+
+    scvi-tools gives the encoder ``q(z | x)``, the decoder ``p(x | z, l)`` (a
+    ``torch.distributions`` negative binomial or ZINB) and the training loop; this class only
+    encodes and decodes row chunks of a (possibly sparse) matrix, so the whole matrix is
+    never densified.
+    """
+
+    def __init__(self, scvi_model):
+        self.scvi_model = scvi_model
+
+    @property
+    def module(self):
+        return self.scvi_model.module
+
+    @classmethod
+    def fit(
+        cls,
+        counts,
+        rows: np.ndarray,
+        genes: list[str],
+        config,
+        max_epochs: int | None = None,
+        accelerator: str = "auto",
+        devices: int | str = "auto",
+        batch_size: int = 128,
+        progress_bar: bool = True,
+    ) -> CountVAE:
+        """Fit SCVI on ``counts[rows]`` with observed library sizes."""
+        import scvi
+
+        if max_epochs is None:
+            max_epochs = default_vae_epochs(len(rows), batch_size, config.vae_max_steps)
+        adata = _anndata(counts[rows], genes)
+        scvi.model.SCVI.setup_anndata(adata)
+        model = scvi.model.SCVI(
+            adata,
+            n_hidden=config.n_hidden,
+            n_latent=config.n_latent,
+            n_layers=config.n_layers,
+            dropout_rate=config.dropout_rate,
+            gene_likelihood=config.gene_likelihood,
+            dispersion="gene",
+        )
+        model.train(
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            batch_size=batch_size,
+            enable_progress_bar=progress_bar,
+            logger=False,
+            enable_checkpointing=False,
+        )
+        model.module.cpu().eval()
+        return cls(model)
+
+    @torch.no_grad()
+    def latent(self, counts, rows: np.ndarray) -> np.ndarray:
+        """Posterior means ``E[z | x]`` of ``counts[rows]``, ``(len(rows), n_latent)``."""
+        self.module.eval()
+        out = []
+        for start in range(0, len(rows), CHUNK):
+            x = _dense_rows(counts, rows[start : start + CHUNK])  # (n, G)
+            batch = torch.zeros(x.shape[0], 1, dtype=torch.long)
+            inference = self.module.inference(x, batch_index=batch)
+            out.append(inference["qz"].loc.numpy())
+        return np.concatenate(out).astype(np.float32)
+
+    @torch.no_grad()
+    def distribution(self, z: torch.Tensor, library: torch.Tensor):
+        """The decoder's count distribution ``p(x | z, l)`` for latents ``(n, D)``, libraries ``(n,)``."""
+        batch = torch.zeros(z.shape[0], 1, dtype=torch.long)
+        out = self.module.generative(z, torch.log(library).unsqueeze(-1), batch)
+        return out["px"]
+
+    @torch.no_grad()
+    def decode(self, z: np.ndarray, library: np.ndarray, seed: int = 0) -> tuple[sp.csr_matrix, np.ndarray]:
+        """Sample counts and expected counts for latents ``z`` at the given library sizes.
+
+        Returns
+        -------
+        Sampled integer counts (CSR, int32) and expected counts (dense float32).
+        """
+        self.module.eval()
+        samples, means = [], []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for start in range(0, len(z), CHUNK):
+                zz = torch.as_tensor(z[start : start + CHUNK], dtype=torch.float32)
+                lib = torch.as_tensor(library[start : start + CHUNK], dtype=torch.float32)
+                px = self.distribution(zz, lib)
+                means.append(px.mean.numpy().astype(np.float32))
+                samples.append(sp.csr_matrix(px.sample().numpy().astype(np.int32)))
+        return sp.vstack(samples).tocsr(), np.concatenate(means)
+
+    @torch.no_grad()
+    def log_likelihood(self, counts, rows: np.ndarray) -> np.ndarray:
+        """Per-cell reconstruction log-likelihood ``log p(x | E[z | x], l)``."""
+        out = []
+        for start in range(0, len(rows), CHUNK):
+            x = _dense_rows(counts, rows[start : start + CHUNK])
+            batch = torch.zeros(x.shape[0], 1, dtype=torch.long)
+            qz = self.module.inference(x, batch_index=batch)["qz"]
+            px = self.distribution(qz.loc, x.sum(-1).clamp(min=1))
+            out.append(px.log_prob(x).sum(-1).numpy())
+        return np.concatenate(out)
+
+    def save(self, path: Path) -> None:
+        self.scvi_model.save(str(path), save_anndata=False, overwrite=True)
+
+    @classmethod
+    def load(cls, path: Path, genes: list[str]) -> CountVAE:
+        """Load a saved SCVI; a three-cell placeholder AnnData with the model's genes sets it up."""
+        import scvi
+
+        placeholder = _anndata(sp.csr_matrix(np.ones((3, len(genes)), dtype=np.float32)), genes)
+        scvi.model.SCVI.setup_anndata(placeholder)
+        model = scvi.model.SCVI.load(str(path), adata=placeholder, accelerator="cpu")
+        model.module.eval()
+        return cls(model)

@@ -1,0 +1,1 @@
+"""scanpy-style pp functions."""

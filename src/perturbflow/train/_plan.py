@@ -1,0 +1,37 @@
+"""Lightning training plan for the latent flow: it only calls the module's loss."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+
+from perturbflow.flow._module import LatentFlowModule
+
+
+class FlowTrainingPlan(pl.LightningModule):
+    """Trains a :class:`LatentFlowModule` with AdamW and a cosine learning-rate decay."""
+
+    def __init__(self, module: LatentFlowModule, lr: float = 1e-3, weight_decay: float = 1e-4):
+        super().__init__()
+        self.module = module
+        self.lr = lr
+        self.weight_decay = weight_decay
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.module.loss(batch["x_0"], batch["x_1"], batch["atoms"], batch["context"])
+
+    def training_step(self, batch, batch_idx):
+        loss = self._loss(batch)
+        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=batch["x_0"].shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss = self._loss(batch)
+        self.log("validation_loss", loss, prog_bar=True, batch_size=batch["x_0"].shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=0.1 * self.lr)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,138 @@
+"""Setup and validation, perturbation parsing, pairing and the synthetic generator."""
+
+from __future__ import annotations
+
+import itertools
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import perturbflow as pf
+from perturbflow import PerturbFlowError
+from perturbflow.data import check_counts, get_registry, ot_pairing, parse_perturbation
+from tests.conftest import GEARS_FILE, require
+
+
+@pytest.mark.parametrize(
+    ("label", "atoms"),
+    [
+        ("KLF1+MAP2K6", {"KLF1", "MAP2K6"}),
+        ("MAP2K6+KLF1", {"KLF1", "MAP2K6"}),
+        ("KLF1+ctrl", {"KLF1"}),
+        ("ctrl+KLF1", {"KLF1"}),
+        ("KLF1", {"KLF1"}),
+        ("ctrl", set()),
+        ("control", set()),
+    ],
+)
+def test_parse_perturbation(label, atoms):
+    assert parse_perturbation(label, "control") == frozenset(atoms)
+
+
+def test_gears_file_parses():
+    adata = ad.read_h5ad(require(GEARS_FILE))
+    pf.PerturbFlow.setup_anndata(adata, perturbation_key="condition", control_value="ctrl", layer="counts")
+    from perturbflow.data import perturbation_atoms
+
+    atoms = perturbation_atoms(adata, get_registry(adata))
+    labels = adata.obs["condition"].astype(str).to_numpy()
+    assert all(len(a) == 0 for a, lab in zip(atoms, labels) if lab == "ctrl")
+    assert all(len(a) == 1 for a, lab in zip(atoms, labels) if "ctrl" in lab.split("+") and lab != "ctrl")
+    assert any(len(a) == 2 for a in atoms)
+
+
+def _adata(X, labels=("control", "A", "B", "A+B")) -> ad.AnnData:
+    n = X.shape[0]
+    obs = pd.DataFrame({"perturbation": [labels[i % len(labels)] for i in range(n)], "cell_type": "k562"})
+    obs.index = obs.index.astype(str)
+    return ad.AnnData(X=X, obs=obs)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_setup_accepts_counts(sparse):
+    X = np.random.default_rng(0).poisson(2.0, size=(8, 5)).astype(np.float32)
+    adata = _adata(sp.csr_matrix(X) if sparse else X)
+    pf.PerturbFlow.setup_anndata(adata, context_keys="cell_type")
+    reg = get_registry(adata)
+    assert reg.perturbation_key == "perturbation" and reg.context_keys == ["cell_type"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(-1.0, "negative"), (0.5, "not integers"), (np.nan, "NaN or infinite"), (np.inf, "NaN or infinite")],
+)
+@pytest.mark.parametrize("sparse", [False, True])
+def test_bad_counts(value, message, sparse):
+    X = np.ones((8, 5), dtype=np.float32)
+    X[3, 2] = value
+    adata = _adata(sp.csr_matrix(X) if sparse else X)
+    with pytest.raises(PerturbFlowError, match=message):
+        pf.PerturbFlow.setup_anndata(adata)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"perturbation_key": "guide"}, "perturbation key 'guide' not found"),
+        ({"control_value": "NT"}, "control label 'NT' not found"),
+        ({"layer": "counts"}, "layer 'counts' not found"),
+        ({"context_keys": ["donor"]}, "context key 'donor' not found"),
+        ({"split_key": "fold"}, "split key 'fold' not found"),
+    ],
+)
+def test_setup_errors_name_the_cause(kwargs, message):
+    adata = _adata(np.ones((8, 5), dtype=np.float32))
+    with pytest.raises(PerturbFlowError, match=message):
+        pf.PerturbFlow.setup_anndata(adata, **kwargs)
+
+
+def test_only_controls_and_no_cells():
+    adata = _adata(np.ones((4, 5), dtype=np.float32), labels=("control",))
+    with pytest.raises(PerturbFlowError, match="only control cells"):
+        pf.PerturbFlow.setup_anndata(adata)
+    with pytest.raises(PerturbFlowError, match="no cells"):
+        pf.PerturbFlow.setup_anndata(adata[:0].copy())
+
+
+def test_bad_split_values():
+    adata = _adata(np.ones((8, 5), dtype=np.float32))
+    adata.obs["split"] = "holdout"
+    with pytest.raises(PerturbFlowError, match="allowed values are train, val, test"):
+        pf.PerturbFlow.setup_anndata(adata, split_key="split")
+
+
+def test_check_counts_does_not_densify_chunks(monkeypatch):
+    import perturbflow.data._validate as validate
+
+    monkeypatch.setattr(validate, "CHUNK_ROWS", 3)
+    X = sp.random(10, 6, density=0.5, format="csr", random_state=0)
+    X.data = np.round(X.data * 10) + 1
+    X[9, 0] = -2.0
+    with pytest.raises(PerturbFlowError, match="negative"):
+        check_counts(ad.AnnData(X=X))
+
+
+def test_ot_pairing_is_optimal():
+    rng = np.random.default_rng(0)
+    x0, x1 = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
+    perm = ot_pairing(x0, x1)
+    best = min(((x0 - x1[list(p)]) ** 2).sum() for p in itertools.permutations(range(6)))
+    assert ((x0 - x1[perm]) ** 2).sum() == pytest.approx(best)
+
+
+def test_synthetic_is_seeded_and_well_formed():
+    a, b = pf.datasets.synthetic(seed=3), pf.datasets.synthetic(seed=3)
+    assert (a.X != b.X).nnz == 0
+    assert (a.X != pf.datasets.synthetic(seed=4).X).nnz > 0
+    assert np.all(a.X.data == np.round(a.X.data)) and a.X.data.min() >= 0
+    labels = set(a.obs["perturbation"])
+    assert "control" in labels and any("+" in x for x in labels)
+    assert a.obs["cell_type"].nunique() >= 2
+    truth = a.uns["synthetic"]
+    assert truth["interacting_combos"] and set(truth["heldout_combos"]) <= labels
+    assert set(a.obs.loc[a.obs["split"] == "test", "perturbation"]) == set(truth["heldout_combos"])
+    for combo in truth["heldout_combos"]:  # singles of held-out combos stay in training
+        assert set(combo.split("+")) <= set(a.obs.loc[a.obs["split"] == "train", "perturbation"])

@@ -1,0 +1,89 @@
+"""PerturbFlow's contract: training, prediction output, latents, save and load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import perturbflow as pf
+from perturbflow import PerturbFlowError
+from tests.conftest import is_integer_matrix
+
+
+def test_predict_output_contract(trained_model, controls, synthetic_adata):
+    held_out = synthetic_adata.uns["synthetic"]["heldout_combos"]
+    pred = trained_model.predict(controls, perturbations=held_out, seed=1)
+    assert pred.n_obs == len(held_out) * controls.n_obs
+    assert list(pred.var_names) == list(synthetic_adata.var_names)
+    assert is_integer_matrix(pred.X) and pred.X.dtype.kind == "i"
+    assert pred.layers["expected"].shape == pred.shape and np.all(pred.layers["expected"] >= 0)
+    assert sorted(pred.obs["perturbation"].unique()) == sorted(held_out)
+    assert (pred.obs["cell_type"].to_numpy() == controls.obs.loc[pred.obs["source_cell"], "cell_type"].to_numpy()).all()
+    assert pred.obsm["X_perturbflow"].shape == (pred.n_obs, 8)
+
+
+def test_predict_is_seeded_and_n_cells(trained_model, controls):
+    a = trained_model.predict(controls, perturbations=["G0"], seed=5, n_cells=30)
+    b = trained_model.predict(controls, perturbations=["G0"], seed=5, n_cells=30)
+    assert a.n_obs == 30 and (a.X != b.X).nnz == 0
+
+
+def test_predict_uses_only_control_cells(trained_model, synthetic_adata, controls):
+    pred = trained_model.predict(synthetic_adata, perturbations=["G1"], seed=0)
+    assert pred.n_obs == controls.n_obs
+
+
+def test_gears_label_and_order_are_the_same_perturbation(trained_model, controls):
+    a = trained_model.predict(controls, perturbations=["G1+G0"], seed=2)
+    b = trained_model.predict(controls, perturbations=["G0+G1"], seed=2)
+    assert np.allclose(a.layers["expected"], b.layers["expected"], rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_perturbation_is_named(trained_model, controls):
+    with pytest.raises(PerturbFlowError, match="unknown perturbation 'G0\\+TP53': TP53"):
+        trained_model.predict(controls, perturbations=["G0+TP53"])
+
+
+def test_genes_must_match(trained_model, controls):
+    with pytest.raises(PerturbFlowError, match="genes differ"):
+        trained_model.predict(controls[:, 5:], perturbations=["G0"])
+    reordered = controls[:, controls.var_names[::-1]]  # same genes, other order: realigned
+    pred = trained_model.predict(reordered, perturbations=["G0"], seed=0)
+    assert list(pred.var_names) == trained_model.genes
+
+
+def test_latent_representation(trained_model, synthetic_adata):
+    z = trained_model.get_latent_representation()
+    assert z.shape == (synthetic_adata.n_obs, 8) and np.isfinite(z).all()
+
+
+def test_save_load_round_trip(trained_model, controls, tmp_path):
+    trained_model.save(tmp_path / "model")
+    files = {p.name for p in (tmp_path / "model").iterdir()}
+    assert {"perturbflow.json", "flow.pt", "vae"} <= files
+    loaded = pf.PerturbFlow.load(tmp_path / "model")
+    a = trained_model.predict(controls, perturbations=["G0+G1"], seed=3)
+    b = loaded.predict(controls, perturbations=["G0+G1"], seed=3)
+    assert np.allclose(a.layers["expected"], b.layers["expected"], rtol=1e-5, atol=1e-5)
+    assert (a.X != b.X).nnz == 0
+    with pytest.raises(PerturbFlowError, match="already exists"):
+        trained_model.save(tmp_path / "model")
+    with pytest.raises(PerturbFlowError, match="genes differ"):
+        pf.PerturbFlow.load(tmp_path / "model", adata=controls[:, 3:])
+
+
+def test_load_missing_folder(tmp_path):
+    with pytest.raises(PerturbFlowError, match="does not exist"):
+        pf.PerturbFlow.load(tmp_path / "nope")
+
+
+def test_unknown_backbone_and_argument(synthetic_adata):
+    with pytest.raises(PerturbFlowError, match="known backbones: .*mlp"):
+        pf.PerturbFlow(synthetic_adata, backbone="unet")
+    with pytest.raises(PerturbFlowError, match="unknown PerturbFlow arguments: n_latnt"):
+        pf.PerturbFlow(synthetic_adata, n_latnt=4)
+
+
+def test_not_set_up():
+    with pytest.raises(PerturbFlowError, match="not set up"):
+        pf.PerturbFlow(pf.datasets.synthetic(n_genes=20, n_atoms=3, n_combos=2, n_cells_per_group=5, n_control_cells=10))
