@@ -22,6 +22,7 @@ class Group:
     atom_ids: np.ndarray  # (A,) indices into the atom vocabulary, 1-based (0 pads)
     target_idx: np.ndarray  # rows of perturbed cells
     source_idx: np.ndarray  # rows of control cells of the same context
+    prior: np.ndarray  # (D,) baseline latent shift of the group, computed without the group
 
 
 def ot_pairing(x_0: np.ndarray, x_1: np.ndarray) -> np.ndarray:
@@ -83,4 +84,5 @@ class PairedSetDataset(Dataset):
             "x_1": torch.from_numpy(x_1),
             "atoms": torch.from_numpy(self.atoms[g]),
             "context": torch.from_numpy(self.context_stats[group.context]),
+            "prior": torch.from_numpy(group.prior.astype(np.float32)),
         }

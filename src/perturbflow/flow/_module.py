@@ -14,8 +14,11 @@ from perturbflow.nn import ContextEncoder, PerturbationEncoder
 class LatentFlowModule(nn.Module):
     """Conditional rectified flow in the VAE's latent space.
 
-    The condition is the concatenation of the perturbation encoding (deep sets over atoms)
-    and the context encoding (statistics of the context's control latents).
+    The condition is the concatenation of the perturbation encoding (deep sets over atoms),
+    the context encoding (statistics of the context's control latents) and an encoding of
+    the baseline prior (the latent shift a simple baseline predicts). With
+    ``residual_prior`` the velocity is ``prior + backbone(x_t, t, cond)``, so the untrained
+    flow reproduces the baseline and training learns the correction.
     """
 
     def __init__(
@@ -25,19 +28,31 @@ class LatentFlowModule(nn.Module):
         backbone: str = "mlp",
         n_embed: int = 64,
         backbone_kwargs: dict | None = None,
+        residual_prior: bool = True,
     ):
         super().__init__()
+        self.residual_prior = residual_prior
         self.perturbation_encoder = PerturbationEncoder(n_atoms, n_embed)
         self.context_encoder = ContextEncoder(n_latent, n_embed)
-        self.backbone = build_backbone(backbone, n_latent, 2 * n_embed, **(backbone_kwargs or {}))
+        self.prior_encoder = nn.Sequential(nn.Linear(n_latent, n_embed), nn.SiLU(), nn.Linear(n_embed, n_embed))
+        self.backbone = build_backbone(backbone, n_latent, 3 * n_embed, **(backbone_kwargs or {}))
 
-    def condition(self, atoms: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """``(B, A)`` atom indices and ``(B, 2D)`` context statistics to a ``(B, C)`` condition."""
-        return torch.cat([self.perturbation_encoder(atoms), self.context_encoder(context)], dim=-1)
+    def condition(self, atoms: torch.Tensor, context: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        """Atom indices ``(B, A)``, context statistics ``(B, 2D)`` and prior ``(B, D)`` to ``(B, C)``."""
+        return torch.cat(
+            [self.perturbation_encoder(atoms), self.context_encoder(context), self.prior_encoder(prior)], dim=-1
+        )
 
-    def loss(self, x_0: torch.Tensor, x_1: torch.Tensor, atoms: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        cond = self.condition(atoms, context)  # (B, C)
-        return rectified_flow_loss(lambda x_t, t: self.backbone(x_t=x_t, t=t, cond=cond), x_0, x_1)
+    def velocity_field(self, cond: torch.Tensor, prior: torch.Tensor):
+        """The velocity ``(x_t, t) -> v_t`` under a fixed condition."""
+        offset = prior.unsqueeze(1) if self.residual_prior else torch.zeros_like(prior).unsqueeze(1)  # (B, 1, D)
+        return lambda x_t, t: offset + self.backbone(x_t=x_t, t=t, cond=cond)
+
+    def loss(
+        self, x_0: torch.Tensor, x_1: torch.Tensor, atoms: torch.Tensor, context: torch.Tensor, prior: torch.Tensor
+    ) -> torch.Tensor:
+        cond = self.condition(atoms, context, prior)  # (B, C)
+        return rectified_flow_loss(self.velocity_field(cond, prior), x_0, x_1)
 
     @torch.no_grad()
     def transport(
@@ -45,14 +60,15 @@ class LatentFlowModule(nn.Module):
         x_0: torch.Tensor,
         atoms: torch.Tensor,
         context: torch.Tensor,
+        prior: torch.Tensor,
         n_steps: int = 20,
         solver: Solver = "midpoint",
         return_path: bool = False,
     ):
         """Integrate sets ``x_0`` of shape ``(B, S, D)`` from t=0 to t=1 under the condition."""
-        cond = self.condition(atoms, context)  # (B, C)
+        cond = self.condition(atoms, context, prior)  # (B, C)
         return integrate(
-            lambda x_t, t: self.backbone(x_t=x_t, t=t, cond=cond),
+            self.velocity_field(cond, prior),
             x_0,
             n_steps=n_steps,
             solver=solver,

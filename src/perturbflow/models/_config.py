@@ -37,6 +37,13 @@ class PerturbFlowConfig:
         Learning rate of the flow.
     ema_decay
         Decay of the exponential moving average of the flow weights (0 disables it).
+    residual_prior
+        Start the flow from the simple baselines (additive, mean shift) in latent space and
+        learn the correction (see ``perturbflow.models._prior``).
+    decode
+        ``"delta"``: each predicted cell is its real source cell moved by the decoded change
+        along its flow path (the decoder's reconstruction error cancels); ``"direct"``: the
+        counts are sampled from the decoder at the predicted latent.
     n_steps, solver
         Default ODE integration steps and solver at prediction.
     backbone_kwargs
@@ -57,6 +64,8 @@ class PerturbFlowConfig:
     flow_steps_per_epoch: int = 50
     flow_lr: float = 1e-3
     ema_decay: float = 0.995
+    residual_prior: bool = True
+    decode: Literal["delta", "direct"] = "delta"
     n_steps: int = 20
     solver: Literal["euler", "midpoint", "adaptive"] = "midpoint"
     backbone_kwargs: dict = field(default_factory=dict)

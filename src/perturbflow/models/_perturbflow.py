@@ -34,6 +34,7 @@ from perturbflow.data import (
 )
 from perturbflow.flow import LatentFlowModule
 from perturbflow.models._config import PerturbFlowConfig
+from perturbflow.models._prior import LatentBaselinePrior
 from perturbflow.nn import CountVAE
 from perturbflow.nn import context_statistics
 from perturbflow.train import FlowTrainingPlan
@@ -210,29 +211,38 @@ class PerturbFlow:
         ctx_index = {c: i for i, c in enumerate(self.context_stats)}
         stats = np.array([self.context_stats[c] for c in ctx_index], dtype=np.float32)
 
-        def groups_of(part: str) -> list[Group]:
-            frame = pd.DataFrame(
-                {"atoms": [frozenset(a) for a in atoms], "context": contexts, "split": split}
-            )
-            out = []
-            mask = (frame["split"] == part).to_numpy() & ~is_control
+        frame = pd.DataFrame({"atoms": [frozenset(a) for a in atoms], "context": contexts})
+        ctrl_means = {c: z_all[fit_mask & is_control & (contexts == c)].mean(0) for c in ctx_index}
+
+        def cells_of(part: str) -> dict[tuple[frozenset, str], np.ndarray]:
+            mask = (split == part) & ~is_control
+            out = {}
             for (a, c), idx in frame[mask].groupby(["atoms", "context"]).indices.items():
                 if c not in ctx_index:
                     logger.warning("context %s has no control cells; its perturbed cells are skipped", c)
-                    continue
-                if any(x not in atom_index for x in a):
-                    continue
-                source = np.flatnonzero(fit_mask & is_control & (contexts == c))
-                target = np.flatnonzero(mask)[idx]
-                out.append(
-                    Group("+".join(sorted(a)), ctx_index[c], np.array([atom_index[x] for x in sorted(a)]), target, source)
-                )
+                elif all(x in atom_index for x in a):
+                    out[(a, c)] = np.flatnonzero(mask)[idx]
             return out
 
-        train_groups = groups_of("train")
-        if not train_groups:
+        train_cells, val_cells = cells_of("train"), cells_of("val")
+        if not train_cells:
             raise PerturbFlowError("no perturbed training cells with control cells in the same context")
-        val_groups = groups_of("val")
+        self.prior = LatentBaselinePrior({k: z_all[v].mean(0) - ctrl_means[k[1]] for k, v in train_cells.items()})
+
+        def groups(cells: dict) -> list[Group]:
+            return [
+                Group(
+                    "+".join(sorted(a)),
+                    ctx_index[c],
+                    np.array([atom_index[x] for x in sorted(a)]),
+                    target,
+                    np.flatnonzero(fit_mask & is_control & (contexts == c)),
+                    self.prior.prior(a, c),
+                )
+                for (a, c), target in cells.items()
+            ]
+
+        train_groups, val_groups = groups(train_cells), groups(val_cells)
         logger.info("stage 2: latent flow on %d groups (%d validation)", len(train_groups), len(val_groups))
 
         cfg = self.config
@@ -242,6 +252,7 @@ class PerturbFlow:
             backbone=cfg.backbone,
             n_embed=cfg.n_embed,
             backbone_kwargs=cfg.backbone_kwargs,
+            residual_prior=cfg.residual_prior,
         )
         steps = cfg.flow_steps_per_epoch
         n_epochs = flow_max_epochs or max_epochs or 60
@@ -300,7 +311,7 @@ class PerturbFlow:
         check_counts(adata, layer)
         return get_counts(adata, layer)
 
-    def _parse_requested(self, perturbations: Sequence[str]) -> list[tuple[str, list[int]]]:
+    def _parse_requested(self, perturbations: Sequence[str]) -> list[tuple[str, frozenset, list[int]]]:
         if isinstance(perturbations, str):
             perturbations = [perturbations]
         if len(perturbations) == 0:
@@ -316,7 +327,7 @@ class PerturbFlow:
                 raise PerturbFlowError(
                     f"unknown perturbation {label!r}: {', '.join(unknown)} never seen in training"
                 )
-            out.append((str(label), [index[a] for a in sorted(atoms)]))
+            out.append((str(label), atoms, [index[a] for a in sorted(atoms)]))
         return out
 
     def _control_cells(self, adata: AnnData) -> AnnData:
@@ -413,22 +424,26 @@ class PerturbFlow:
         z_pred, src_rows, labels, paths = [], [], [], []
         from rich.progress import track
 
-        for label, atom_ids in track(requested, description="predicting", disable=len(requested) < 3):
+        for label, atom_set, atom_ids in track(requested, description="predicting", disable=len(requested) < 3):
             rows = np.arange(control_adata.n_obs) if n_cells is None else rng.choice(control_adata.n_obs, n_cells)
             for c in pd.unique(contexts[rows]):
                 rows_c = rows[contexts[rows] == c]
                 ctrl_c = np.flatnonzero(contexts == c)
                 stats = context_statistics(torch.from_numpy(z0_all[ctrl_c]))
+                prior = torch.from_numpy(self.prior.prior(atom_set, c))
                 for start in range(0, len(rows_c), S * 64):
                     chunk = rows_c[start : start + S * 64]
-                    out = self._transport(z0_all[chunk], atom_ids, stats, n_steps, solver, return_path)
+                    out = self._transport(z0_all[chunk], atom_ids, stats, prior, n_steps, solver, return_path)
                     z_pred.append(out[0])
                     paths.append(out[1])
                     src_rows.append(chunk)
                     labels += [label] * len(chunk)
         z_pred = np.concatenate(z_pred)
         src_rows = np.concatenate(src_rows)
-        X, expected = self.vae.decode(z_pred, library[src_rows], seed=seed)
+        if self.config.decode == "delta":
+            X, expected = self.vae.decode_delta(z0_all[src_rows], z_pred, counts, src_rows, seed=seed)
+        else:
+            X, expected = self.vae.decode(z_pred, library[src_rows], seed=seed)
 
         obs = pd.DataFrame(index=[f"pred{i}" for i in range(len(src_rows))])
         obs[reg.perturbation_key] = pd.Categorical(labels)
@@ -451,7 +466,7 @@ class PerturbFlow:
             pred.uns["perturbflow_paths"] = np.concatenate(paths, axis=1)
         return pred
 
-    def _transport(self, z0: np.ndarray, atom_ids, stats, n_steps, solver, return_path):
+    def _transport(self, z0: np.ndarray, atom_ids, stats, prior, n_steps, solver, return_path):
         """Move ``(n, D)`` latents in sets of ``set_size`` (the last set may be smaller)."""
         S = self.config.set_size
         n, D = z0.shape
@@ -464,7 +479,7 @@ class PerturbFlow:
             x_0 = torch.from_numpy(part.astype(np.float32))  # (B, S, D)
             atoms = torch.tensor([atom_ids] * B, dtype=torch.long)  # (B, A)
             context = stats.float().expand(B, -1)  # (B, 2D)
-            res = self.flow.transport(x_0, atoms, context, n_steps=n_steps, solver=solver, return_path=return_path)
+            res = self.flow.transport(x_0, atoms, context, prior.float().expand(B, -1), n_steps=n_steps, solver=solver, return_path=return_path)
             x_1, path = res if return_path else (res, None)
             outs.append(x_1.reshape(-1, D).numpy())
             if return_path:
@@ -498,6 +513,7 @@ class PerturbFlow:
             "atoms": self.atoms,
             "contexts": self.contexts,
             "context_stats": self.context_stats,
+            "latent_shifts": self.prior.to_dict(),
         }
         (path / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
 
@@ -535,7 +551,9 @@ class PerturbFlow:
             backbone=model.config.backbone,
             n_embed=model.config.n_embed,
             backbone_kwargs=model.config.backbone_kwargs,
+            residual_prior=model.config.residual_prior,
         )
+        model.prior = LatentBaselinePrior.from_dict(meta["latent_shifts"])
         model.flow.load_state_dict(torch.load(path / FLOW_FILE, map_location="cpu", weights_only=True))
         model.flow.eval()
         model.is_trained = True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 from anndata import AnnData
@@ -23,8 +25,8 @@ def delta_scatter(
     n_labels: int = 10,
     ax: plt.Axes | None = None,
     show: bool | None = None,
-    save: str | None = None,
-):
+    save: str | Path | None = None,
+) -> plt.Axes | None:
     """Scatter of predicted against observed mean change (log1p-normalised) for one perturbation.
 
     Both changes are taken against the **real** control cells; the top DE genes of the real
@@ -49,7 +51,8 @@ def delta_scatter(
 
     Returns
     -------
-    The axes, unless ``show`` is true.
+    The axes, unless ``show`` is true. Nothing is written into the AnnData; the figure is
+    saved to ``save`` when given.
     """
     info = dict(adata_pred.uns.get("perturbflow_prediction", {}))
     key = perturbation_key or info.get("perturbation_key")

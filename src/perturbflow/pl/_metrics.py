@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -23,8 +24,8 @@ def metrics(
     key: str = "perturbflow_evaluation",
     ax: Sequence[plt.Axes] | None = None,
     show: bool | None = None,
-    save: str | None = None,
-):
+    save: str | Path | None = None,
+) -> Sequence[plt.Axes] | None:
     """Bar charts of the mean of each metric per model (the model, baselines, noise ceiling).
 
     Parameters
@@ -42,7 +43,8 @@ def metrics(
 
     Returns
     -------
-    The axes, unless ``show`` is true.
+    The axes (one per metric), unless ``show`` is true. Nothing is written into the
+    AnnData; the figure is saved to ``save`` when given.
     """
     table = adata_or_table
     if isinstance(table, AnnData):

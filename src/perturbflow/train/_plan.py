@@ -18,7 +18,7 @@ class FlowTrainingPlan(pl.LightningModule):
         self.weight_decay = weight_decay
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.module.loss(batch["x_0"], batch["x_1"], batch["atoms"], batch["context"])
+        return self.module.loss(batch["x_0"], batch["x_1"], batch["atoms"], batch["context"], batch["prior"])
 
     def training_step(self, batch, batch_idx):
         loss = self._loss(batch)

@@ -1,0 +1,84 @@
+"""Prediction quality on three real held-out tasks: the model against every baseline.
+
+Usage (from the repository root, with ../shared/data beside it)::
+
+    python benchmarks/quality.py                      # all tasks, default model, writes benchmarks/results/quality.csv
+    python benchmarks/quality.py --tasks norman --backbones mlp dit
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts
+from tasks import DEFAULT_DATA_DIR, TASKS  # noqa: E402
+
+import perturbflow as pf  # noqa: E402
+from perturbflow.metrics import summarize  # noqa: E402
+
+BASELINES = ["control", "train_mean", "context_mean", "mean_shift", "additive", "linear"]
+HEADLINE = ["pearson_delta", "pearson_delta_top20", "mse_top20", "energy_distance", "mmd",
+            "discrimination_l1", "de_overlap"]
+
+
+def run_task(task, backbone: str, seed: int, config: dict) -> tuple[pd.DataFrame, dict]:
+    adata = task.adata
+    pf.PerturbFlow.setup_anndata(
+        adata, perturbation_key=task.perturbation_key, control_value=task.control_value,
+        layer="counts", context_keys=task.context_keys or None, split_key="split",
+    )
+    start = time.perf_counter()
+    model = pf.PerturbFlow(adata, backbone=backbone, **config)
+    model.train(seed=seed, progress_bar=False)
+    train_s = time.perf_counter() - start
+    controls = task.controls()
+    start = time.perf_counter()
+    pred = model.predict(controls, perturbations=task.perturbations, seed=seed)
+    predict_s = time.perf_counter() - start
+    table = pf.tl.evaluate(pred, adata, real_layer="counts", baselines=BASELINES, seed=seed, copy=True)
+    n_params = sum(p.numel() for p in model.flow.backbone.parameters())
+    return table, {"train_s": train_s, "predict_s": predict_s, "cells_per_s": pred.n_obs / predict_s,
+                   "backbone_params": n_params}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--backbones", nargs="+", default=["mlp"])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "quality.csv")
+    parser.add_argument("--config", nargs="*", default=[], help="PerturbFlowConfig overrides, KEY=VALUE")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    config = {k: type(getattr(pf.PerturbFlowConfig(), k))(v) for k, v in (kv.split("=", 1) for kv in args.config)}
+
+    rows = []
+    for name in args.tasks:
+        task = TASKS[name](args.data_dir)
+        for backbone in args.backbones:
+            table, timing = run_task(task, backbone, args.seed, config)
+            summary = summarize(table).reset_index()
+            summary.insert(0, "backbone", backbone)
+            summary.insert(0, "task", task.name)
+            for k, v in timing.items():
+                summary[k] = [v if m == "perturbflow" else float("nan") for m in summary["model"]]
+            rows.append(summary)
+            show = summary[["model", *[c for c in HEADLINE if c in summary.columns]]]
+            print(f"\n== {task.name} / {backbone}: train {timing['train_s']:.0f} s, "
+                  f"predict {timing['cells_per_s']:.0f} cells/s")
+            print(show.to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
+    out = pd.concat(rows, ignore_index=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    out.to_csv(args.out, index=False)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The real-data tasks shared by the benchmark scripts: which cells are held out, and how."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+NORMAN_HELDOUT = ["KLF1+MAP2K6", "KLF1+TGFBR2", "MAP2K3+SLC38A2", "MAP2K3+MAP2K6", "MAPK1+TGFBR2"]
+
+
+@dataclass
+class Task:
+    """A held-out prediction task on one real file."""
+
+    name: str
+    description: str
+    adata: ad.AnnData  # counts in layers['counts'], obs['split'] in train/test
+    perturbation_key: str
+    control_value: str
+    context_keys: list[str]
+    perturbations: list[str]  # labels to predict
+    predict_contexts: list[str]  # contexts whose control cells are moved
+    baseline: str  # the baseline the task is about
+    setup: dict = field(default_factory=dict)
+
+    def controls(self) -> ad.AnnData:
+        obs = self.adata.obs
+        mask = obs[self.perturbation_key].astype(str) == self.control_value
+        if self.context_keys:
+            mask &= obs[self.context_keys[0]].astype(str).isin(self.predict_contexts)
+        return self.adata[mask.to_numpy()].copy()
+
+
+def _exact(adata: ad.AnnData) -> ad.AnnData:
+    if "counts_recovered_exact" in adata.obs:
+        adata = adata[adata.obs["counts_recovered_exact"].astype(bool).to_numpy()]
+    return adata.copy()
+
+
+def norman_combinations(data_dir: Path = DEFAULT_DATA_DIR) -> Task:
+    adata = ad.read_h5ad(data_dir / "perturbench_devel_norman2019_mcfaline2023.h5ad")
+    adata = _exact(adata[adata.obs["dataset"] == "norman19"])
+    adata.obs["split"] = np.where(adata.obs["perturbation"].isin(NORMAN_HELDOUT), "test", "train")
+    return Task(
+        "norman_combinations",
+        "Norman 2019 K562 CRISPRa: 5 two-gene combinations held out (both singles seen)",
+        adata, "perturbation", "control", [], NORMAN_HELDOUT, [], "additive",
+    )
+
+
+def mcfaline_new_cell_line(data_dir: Path = DEFAULT_DATA_DIR) -> Task:
+    adata = ad.read_h5ad(data_dir / "perturbench_devel_norman2019_mcfaline2023.h5ad")
+    adata = _exact(adata[adata.obs["dataset"] == "mcfaline23"])
+    held = (adata.obs["cell_type"] == "U87MG") & (adata.obs["perturbation"] != "control")
+    adata.obs["split"] = np.where(held, "test", "train")
+    perts = sorted(adata.obs.loc[held, "perturbation"].astype(str).unique())
+    return Task(
+        "mcfaline_U87MG",
+        "McFaline-Figueroa CRISPRi: every perturbed U87MG cell held out (context cell_type)",
+        adata, "perturbation", "control", ["cell_type"], perts, ["U87MG"], "mean_shift",
+    )
+
+
+def kang_new_cell_type(data_dir: Path = DEFAULT_DATA_DIR) -> Task:
+    adata = _exact(ad.read_h5ad(data_dir / "kang2018_ifnb_pbmc_scgen_valid.h5ad"))
+    held = (adata.obs["cell_type"] == "CD14+Mono") & (adata.obs["condition"] == "stimulated")
+    adata.obs["split"] = np.where(held, "test", "train")
+    return Task(
+        "kang_CD14+Mono",
+        "Kang 2018 PBMC IFN-beta: stimulated CD14+Mono cells held out (context cell_type)",
+        adata, "condition", "control", ["cell_type"], ["stimulated"], ["CD14+Mono"], "mean_shift",
+    )
+
+
+TASKS = {
+    "norman": norman_combinations,
+    "mcfaline": mcfaline_new_cell_line,
+    "kang": kang_new_cell_type,
+}
