@@ -29,10 +29,11 @@ class LatentFlowModule(nn.Module):
         n_embed: int = 64,
         backbone_kwargs: dict | None = None,
         residual_prior: bool = True,
+        atom_pooling: str = "mean",
     ):
         super().__init__()
         self.residual_prior = residual_prior
-        self.perturbation_encoder = PerturbationEncoder(n_atoms, n_embed)
+        self.perturbation_encoder = PerturbationEncoder(n_atoms, n_embed, atom_pooling)
         self.context_encoder = ContextEncoder(n_latent, n_embed)
         self.prior_encoder = nn.Sequential(nn.Linear(n_latent, n_embed), nn.SiLU(), nn.Linear(n_embed, n_embed))
         self.backbone = build_backbone(backbone, n_latent, 3 * n_embed, **(backbone_kwargs or {}))

@@ -24,6 +24,8 @@ class PerturbFlowConfig:
         Gradient steps of the VAE when ``max_epochs`` is not given (see ``default_vae_epochs``).
     n_embed
         Size of the perturbation and context embeddings.
+    atom_pooling
+        How the atoms of a combination are pooled: ``"mean"`` or ``"sum"``.
     set_size
         Control cells moved together (the cells of a set for the set-transformer).
     coupling
@@ -33,6 +35,8 @@ class PerturbFlowConfig:
         Sets per training step of the flow.
     flow_steps_per_epoch
         Training steps of the flow per epoch.
+    flow_max_epochs
+        Epochs of the flow when ``train`` is given no epochs.
     flow_lr
         Learning rate of the flow.
     ema_decay
@@ -58,10 +62,12 @@ class PerturbFlowConfig:
     gene_likelihood: Literal["nb", "zinb"] = "nb"
     vae_max_steps: int = 3000
     n_embed: int = 64
+    atom_pooling: Literal["mean", "sum"] = "mean"
     set_size: int = 32
     coupling: Literal["ot", "random"] = "ot"
     flow_batch_size: int = 8
     flow_steps_per_epoch: int = 50
+    flow_max_epochs: int = 60
     flow_lr: float = 1e-3
     ema_decay: float = 0.995
     residual_prior: bool = True

@@ -33,8 +33,10 @@ from perturbflow.data import (
     split_labels,
 )
 from perturbflow.flow import LatentFlowModule
+from perturbflow.metrics import energy_distance
+from perturbflow.metrics._expression import group_means, log_normalize_rows
 from perturbflow.models._config import PerturbFlowConfig
-from perturbflow.models._prior import LatentBaselinePrior
+from perturbflow.models._prior import BaselinePrior
 from perturbflow.nn import CountVAE
 from perturbflow.nn import context_statistics
 from perturbflow.train import FlowTrainingPlan
@@ -44,6 +46,9 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "perturbflow.json"
 FLOW_FILE = "flow.pt"
 VAE_DIR = "vae"
+LATENT_PRIOR_FILE = "latent_shifts.npz"
+CORRECTION_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
+GENE_PRIOR_FILE = "gene_shifts.npz"
 DECODE_CHUNK = 2048
 
 
@@ -227,7 +232,8 @@ class PerturbFlow:
         train_cells, val_cells = cells_of("train"), cells_of("val")
         if not train_cells:
             raise PerturbFlowError("no perturbed training cells with control cells in the same context")
-        self.prior = LatentBaselinePrior({k: z_all[v].mean(0) - ctrl_means[k[1]] for k, v in train_cells.items()})
+        self.prior = BaselinePrior({k: z_all[v].mean(0) - ctrl_means[k[1]] for k, v in train_cells.items()})
+        self.gene_prior = self._gene_prior(train_cells, fit_mask & is_control, contexts)
 
         def groups(cells: dict) -> list[Group]:
             return [
@@ -245,20 +251,36 @@ class PerturbFlow:
         train_groups, val_groups = groups(train_cells), groups(val_cells)
         logger.info("stage 2: latent flow on %d groups (%d validation)", len(train_groups), len(val_groups))
 
+        fit = dict(z_all=z_all, stats=stats, max_epochs=flow_max_epochs or max_epochs, accelerator=accelerator,
+                   devices=devices, seed=seed, progress_bar=progress_bar)
+        self.correction_scale = 1.0
+        if self.config.residual_prior:
+            calibration = val_groups or self._calibration_split(train_groups, seed)
+            fitting = train_groups if val_groups else [g for g in train_groups if all(g is not c for c in calibration)]
+            if calibration and fitting:
+                self.flow = self._fit_flow(fitting, [], **fit)
+                self.correction_scale = self._calibrate(calibration, z_all, stats, seed)
+                logger.info("correction scale chosen on %d held-out groups: %.2f", len(calibration), self.correction_scale)
+        self.flow = self._fit_flow(train_groups, val_groups, **fit)
+        self.flow = self.flow.cpu().eval()
+        self.is_trained = True
+
+    def _fit_flow(
+        self, train_groups, val_groups, z_all, stats, max_epochs, accelerator, devices, seed, progress_bar
+    ) -> LatentFlowModule:
+        """Train a fresh latent flow on the given groups with Lightning."""
         cfg = self.config
-        self.flow = LatentFlowModule(
+        flow = LatentFlowModule(
             n_latent=cfg.n_latent,
             n_atoms=len(self.atoms),
             backbone=cfg.backbone,
             n_embed=cfg.n_embed,
             backbone_kwargs=cfg.backbone_kwargs,
             residual_prior=cfg.residual_prior,
+            atom_pooling=cfg.atom_pooling,
         )
-        steps = cfg.flow_steps_per_epoch
-        n_epochs = flow_max_epochs or max_epochs or 60
-        dataset = PairedSetDataset(
-            z_all, train_groups, stats, cfg.set_size, steps * cfg.flow_batch_size, cfg.coupling, seed
-        )
+        n_items = cfg.flow_steps_per_epoch * cfg.flow_batch_size
+        dataset = PairedSetDataset(z_all, train_groups, stats, cfg.set_size, n_items, cfg.coupling, seed)
         loaders = {"train_dataloaders": DataLoader(dataset, batch_size=cfg.flow_batch_size)}
         if val_groups:
             val_set = PairedSetDataset(
@@ -271,7 +293,7 @@ class PerturbFlow:
 
             callbacks.append(EMAWeightAveraging(decay=cfg.ema_decay))
         trainer = pl.Trainer(
-            max_epochs=n_epochs,
+            max_epochs=max_epochs or cfg.flow_max_epochs,
             accelerator=accelerator,
             devices=devices,
             logger=False,
@@ -281,9 +303,53 @@ class PerturbFlow:
             callbacks=callbacks,
             limit_val_batches=1.0 if val_groups else 0,
         )
-        trainer.fit(FlowTrainingPlan(self.flow, lr=cfg.flow_lr), **loaders)
-        self.flow = self.flow.cpu().eval()
-        self.is_trained = True
+        trainer.fit(FlowTrainingPlan(flow, lr=cfg.flow_lr), **loaders)
+        return flow.cpu().eval()
+
+    @staticmethod
+    def _calibration_split(groups: list[Group], seed: int) -> list[Group]:
+        """A fifth of the training groups (at least one, none when fewer than 5) held out for calibration."""
+        if len(groups) < 5:
+            return []
+        rng = np.random.default_rng(seed)
+        n = max(1, len(groups) // 5)
+        return [groups[i] for i in sorted(rng.choice(len(groups), n, replace=False))]
+
+    def _calibrate(self, groups: list[Group], z_all: np.ndarray, stats: np.ndarray, seed: int) -> float:
+        """How much of the flow's correction to the baseline to keep, chosen on held-out groups.
+
+        For each held-out group, control latents are moved by the baseline prior (scale 0) or
+        by the baseline plus a fraction of the flow's correction; the scale with the smallest
+        mean latent energy distance to the group's real cells wins (ties go to the smaller
+        scale). A flow that does not generalise to new groups is thus shrunk to the baseline
+        instead of hurting it.
+        """
+        rng = np.random.default_rng(seed)
+        scores = np.zeros(len(CORRECTION_SCALES))
+        for g in groups:
+            src = z_all[rng.choice(g.source_idx, min(len(g.source_idx), 256), replace=False)]
+            tgt = z_all[rng.choice(g.target_idx, min(len(g.target_idx), 256), replace=False)]
+            z_1, _ = self._transport(
+                src, list(g.atom_ids), torch.from_numpy(stats[g.context]), torch.from_numpy(g.prior),
+                self.config.n_steps, self.config.solver, False,
+            )
+            z_base = src + g.prior
+            for i, scale in enumerate(CORRECTION_SCALES):
+                scores[i] += energy_distance(z_base + scale * (z_1 - z_base), tgt)
+        return float(CORRECTION_SCALES[int(np.argmin(np.round(scores, 6)))])
+
+    def _gene_prior(self, cells: dict, control_mask: np.ndarray, contexts: np.ndarray) -> BaselinePrior:
+        """Mean log-normalised shifts of the training groups against their context's controls."""
+        logx = log_normalize_rows(get_counts(self.adata, self.registry.layer))
+        keys = list(cells)
+        codes = np.full(self.adata.n_obs, -1)
+        for i, k in enumerate(keys):
+            codes[cells[k]] = i
+        ctx_names = sorted({c for _, c in keys})
+        ctrl_codes = np.where(control_mask & np.isin(contexts, ctx_names), np.searchsorted(ctx_names, contexts), -1)
+        means = group_means(logx, codes, len(keys))
+        ctrl = group_means(logx, ctrl_codes, len(ctx_names))
+        return BaselinePrior({k: means[i] - ctrl[ctx_names.index(k[1])] for i, k in enumerate(keys)})
 
     # ------------------------------------------------------------------ inputs
     def _check_trained(self) -> None:
@@ -422,6 +488,7 @@ class PerturbFlow:
         solver = solver or self.config.solver
         S = self.config.set_size
         z_pred, src_rows, labels, paths = [], [], [], []
+        z_base, gene_shift, shift_of_rows = [], [], []
         from rich.progress import track
 
         for label, atom_set, atom_ids in track(requested, description="predicting", disable=len(requested) < 3):
@@ -430,18 +497,33 @@ class PerturbFlow:
                 rows_c = rows[contexts[rows] == c]
                 ctrl_c = np.flatnonzero(contexts == c)
                 stats = context_statistics(torch.from_numpy(z0_all[ctrl_c]))
-                prior = torch.from_numpy(self.prior.prior(atom_set, c))
+                prior = self.prior.prior(atom_set, c)
+                if self.config.residual_prior:
+                    gene_shift.append(self.gene_prior.prior(atom_set, c))
                 for start in range(0, len(rows_c), S * 64):
                     chunk = rows_c[start : start + S * 64]
-                    out = self._transport(z0_all[chunk], atom_ids, stats, prior, n_steps, solver, return_path)
-                    z_pred.append(out[0])
+                    out = self._transport(
+                        z0_all[chunk], atom_ids, stats, torch.from_numpy(prior), n_steps, solver, return_path
+                    )
+                    base = z0_all[chunk] + prior if self.config.residual_prior else z0_all[chunk]
+                    z_pred.append(base + self.correction_scale * (out[0] - base))
+                    z_base.append(base)
+                    shift_of_rows.append(np.full(len(chunk), len(gene_shift) - 1))
                     paths.append(out[1])
                     src_rows.append(chunk)
                     labels += [label] * len(chunk)
         z_pred = np.concatenate(z_pred)
         src_rows = np.concatenate(src_rows)
         if self.config.decode == "delta":
-            X, expected = self.vae.decode_delta(z0_all[src_rows], z_pred, counts, src_rows, seed=seed)
+            X, expected = self.vae.decode_delta(
+                np.concatenate(z_base),
+                z_pred,
+                counts,
+                src_rows,
+                gene_shift=np.stack(gene_shift) if gene_shift else None,
+                shift_of_rows=np.concatenate(shift_of_rows),
+                seed=seed,
+            )
         else:
             X, expected = self.vae.decode(z_pred, library[src_rows], seed=seed)
 
@@ -513,8 +595,10 @@ class PerturbFlow:
             "atoms": self.atoms,
             "contexts": self.contexts,
             "context_stats": self.context_stats,
-            "latent_shifts": self.prior.to_dict(),
+            "correction_scale": self.correction_scale,
         }
+        self.prior.save(path / LATENT_PRIOR_FILE)
+        self.gene_prior.save(path / GENE_PRIOR_FILE)
         (path / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
 
     @classmethod
@@ -544,6 +628,7 @@ class PerturbFlow:
         model.atoms = meta["atoms"]
         model.contexts = meta["contexts"]
         model.context_stats = meta["context_stats"]
+        model.correction_scale = meta["correction_scale"]
         model.vae = CountVAE.load(path / VAE_DIR, model.genes)
         model.flow = LatentFlowModule(
             n_latent=model.config.n_latent,
@@ -552,8 +637,10 @@ class PerturbFlow:
             n_embed=model.config.n_embed,
             backbone_kwargs=model.config.backbone_kwargs,
             residual_prior=model.config.residual_prior,
+            atom_pooling=model.config.atom_pooling,
         )
-        model.prior = LatentBaselinePrior.from_dict(meta["latent_shifts"])
+        model.prior = BaselinePrior.load(path / LATENT_PRIOR_FILE)
+        model.gene_prior = BaselinePrior.load(path / GENE_PRIOR_FILE)
         model.flow.load_state_dict(torch.load(path / FLOW_FILE, map_location="cpu", weights_only=True))
         model.flow.eval()
         model.is_trained = True

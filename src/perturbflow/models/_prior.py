@@ -1,11 +1,14 @@
-"""The simple baselines, in latent space, as the flow's starting point.
+"""The simple baselines as the model's starting point, in latent and in gene space.
 
-The flow's velocity is ``prior + backbone(...)``: with a zero backbone (its state at
-initialisation) prediction shifts every control cell by the baseline's latent mean shift,
-the additive model for combinations, the mean shift for a new context, the context mean
-otherwise. The backbone learns what the baseline misses (interactions, changes of spread).
-Every training group's prior is computed **without that group**, exactly as for a held-out
-group at prediction, so the network learns to correct the baseline rather than to copy it.
+The flow's velocity is ``prior + backbone(...)`` where ``prior`` is the baseline's latent
+mean shift: the additive model for combinations, the mean shift for a new context, the
+context mean otherwise. At decoding, each predicted cell is its source cell plus the
+baseline's change in gene space plus the decoded difference between the flow's end point and
+the baseline's latent end point. With a zero backbone (its state at initialisation) the
+model therefore reproduces the gene-space baseline exactly; training learns what the baseline
+misses (interactions, changes of spread). Every training group's prior is computed
+**without that group**, exactly as for a held-out group at prediction, so the network
+learns to correct the baseline rather than to copy it.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ import numpy as np
 GroupKey = tuple[frozenset, str]
 
 
-class LatentBaselinePrior:
-    """Latent mean shifts of the training groups, combined into a baseline for any group.
+class BaselinePrior:
+    """Mean shifts of the training groups, combined into a baseline for any group.
 
     Parameters
     ----------
     shifts
-        ``{(atoms, context): mean latent of the group - mean latent of the context's controls}``.
+        ``{(atoms, context): mean of the group - mean of the context's controls}``, in latent
+        or in log-normalised gene space.
     """
 
     def __init__(self, shifts: dict[GroupKey, np.ndarray]):
@@ -56,13 +60,21 @@ class LatentBaselinePrior:
             return np.sum(parts, axis=0)
         return context_mean
 
-    def to_dict(self) -> dict:
-        return {"\t".join(["+".join(sorted(a)), c]): v.tolist() for (a, c), v in self.shifts.items()}
+    def save(self, path) -> None:
+        keys = list(self.shifts)
+        np.savez_compressed(
+            path,
+            atoms=np.array(["+".join(sorted(a)) for a, _ in keys]),
+            contexts=np.array([c for _, c in keys]),
+            shifts=np.stack([self.shifts[k] for k in keys]),
+        )
 
     @classmethod
-    def from_dict(cls, d: dict) -> LatentBaselinePrior:
-        shifts = {}
-        for key, v in d.items():
-            atoms, context = key.split("\t")
-            shifts[(frozenset(atoms.split("+")), context)] = np.asarray(v, dtype=np.float32)
-        return cls(shifts)
+    def load(cls, path) -> BaselinePrior:
+        with np.load(path) as f:
+            return cls(
+                {
+                    (frozenset(a.split("+")), str(c)): v
+                    for a, c, v in zip(f["atoms"], f["contexts"], f["shifts"])
+                }
+            )

@@ -7,23 +7,30 @@ from torch import nn
 
 
 class PerturbationEncoder(nn.Module):
-    """Deep-sets encoder of a set of atoms: ``rho(sum_a phi(a))``.
+    """Deep-sets encoder of a set of atoms: ``rho(pool_a phi(a))``.
 
-    Summing the atom embeddings makes the encoding permutation-invariant, and an unseen
-    combination of seen atoms is encoded from its parts. Atom index 0 is padding.
+    Pooling the atom embeddings makes the encoding permutation-invariant, and an unseen
+    combination of seen atoms is encoded from its parts. ``"mean"`` pooling (with the number
+    of atoms as an extra feature) keeps a combination's embedding inside the hull of the
+    embeddings seen in training, so the network interpolates instead of extrapolating;
+    ``"sum"`` adds them. Atom index 0 is padding.
     """
 
-    def __init__(self, n_atoms: int, n_embed: int = 64):
+    def __init__(self, n_atoms: int, n_embed: int = 64, pooling: str = "mean"):
         super().__init__()
+        self.pooling = pooling
         self.embedding = nn.Embedding(n_atoms + 1, n_embed, padding_idx=0)
         nn.init.normal_(self.embedding.weight, std=0.5)
         with torch.no_grad():
             self.embedding.weight[0].zero_()
-        self.rho = nn.Sequential(nn.Linear(n_embed, n_embed), nn.SiLU(), nn.Linear(n_embed, n_embed))
+        self.rho = nn.Sequential(nn.Linear(n_embed + 1, n_embed), nn.SiLU(), nn.Linear(n_embed, n_embed))
 
     def forward(self, atoms: torch.Tensor) -> torch.Tensor:
+        n = (atoms > 0).sum(dim=1, keepdim=True).float()  # (B, 1)
         pooled = self.embedding(atoms).sum(dim=1)  # (B, A, E) -> (B, E)
-        return pooled + self.rho(pooled)  # (B, E)
+        if self.pooling == "mean":
+            pooled = pooled / n.clamp(min=1)
+        return pooled + self.rho(torch.cat([pooled, n], dim=-1))  # (B, E)
 
 
 class ContextEncoder(nn.Module):

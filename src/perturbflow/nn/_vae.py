@@ -137,12 +137,20 @@ class CountVAE:
 
     @torch.no_grad()
     def decode_delta(
-        self, z_0: np.ndarray, z_1: np.ndarray, counts, rows: np.ndarray, seed: int = 0
+        self,
+        z_0: np.ndarray,
+        z_1: np.ndarray,
+        counts,
+        rows: np.ndarray,
+        gene_shift: np.ndarray | None = None,
+        shift_of_rows: np.ndarray | None = None,
+        seed: int = 0,
     ) -> tuple[sp.csr_matrix, np.ndarray]:
         """Move real source cells by the decoded change from ``z_0`` to ``z_1``.
 
         The change is ``log1p(1e4 mu(z_1) / l) - log1p(1e4 mu(z_0) / l)`` on the decoder's
-        means at the source cell's library ``l``; it is added to the source cell's own
+        means at the source cell's library ``l``; it is added, with the optional
+        ``gene_shift[shift_of_rows]`` (a baseline's change), to the source cell's own
         log-normalised counts. The decoder's reconstruction error cancels in the
         difference, and each predicted cell keeps the identity and noise of its source cell.
         Expected counts are rounded stochastically (unbiased) to integers.
@@ -161,6 +169,8 @@ class CountVAE:
             mu_0 = self.distribution(torch.as_tensor(z_0[sl]), lib).mean
             mu_1 = self.distribution(torch.as_tensor(z_1[sl]), lib).mean
             change = torch.log1p(mu_1 * scale) - torch.log1p(mu_0 * scale)  # (n, G)
+            if gene_shift is not None:
+                change += torch.as_tensor(gene_shift[shift_of_rows[sl]], dtype=torch.float32)
             moved = (torch.log1p(x * scale) + change).clamp(min=0)
             expected = (torch.expm1(moved) / scale).numpy().astype(np.float32)
             floor = np.floor(expected)

@@ -9,11 +9,13 @@ import numpy as np
 from anndata import AnnData
 
 from perturbflow._errors import PerturbFlowError
+from perturbflow._threads import preserve_torch_threads
 from perturbflow.metrics import log_normalize, top_de_genes
 from perturbflow.metrics._groups import canonical_labels
 from perturbflow.pl._utils import finish
 
 
+@preserve_torch_threads()
 def delta_scatter(
     adata_pred: AnnData,
     adata_real: AnnData,

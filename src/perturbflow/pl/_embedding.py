@@ -12,6 +12,7 @@ import pandas as pd
 from anndata import AnnData
 
 from perturbflow._errors import PerturbFlowError
+from perturbflow._threads import preserve_torch_threads
 from perturbflow.metrics import log_normalize
 from perturbflow.metrics._groups import canonical_labels
 from perturbflow.pl._utils import finish
@@ -25,6 +26,7 @@ def _subsample(n: int, max_cells: int | None, rng: np.random.Generator) -> np.nd
     return np.sort(rng.choice(n, max_cells, replace=False))
 
 
+@preserve_torch_threads()
 def embedding(
     adata_pred: AnnData,
     adata_real: AnnData,

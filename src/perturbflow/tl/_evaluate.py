@@ -10,6 +10,7 @@ import pandas as pd
 from anndata import AnnData
 
 from perturbflow._errors import PerturbFlowError
+from perturbflow._threads import preserve_torch_threads
 from perturbflow.data import check_counts
 from perturbflow.metrics import evaluate_predictions, get_baseline, noise_ceiling_split
 from perturbflow.metrics._groups import as_key_list, canonical_labels, cell_contexts
@@ -35,6 +36,7 @@ def _counts_layer(adata: AnnData, layer: str | None) -> str | None:
         ) from None
 
 
+@preserve_torch_threads()
 def evaluate(
     adata_pred: AnnData,
     adata_real: AnnData,
