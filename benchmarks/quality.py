@@ -47,13 +47,13 @@ def run_task(task, backbone: str, seed: int, config: dict) -> tuple[pd.DataFrame
                    "backbone_params": n_params}
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--backbones", nargs="+", default=["mlp"])
+def main(argv=None, tasks=tuple(TASKS), backbones=("mlp",), out_name="quality.csv", doc=__doc__) -> None:
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=list(tasks), choices=list(TASKS))
+    parser.add_argument("--backbones", nargs="+", default=list(backbones))
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "quality.csv")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / out_name)
     parser.add_argument("--config", nargs="*", default=[], help="PerturbFlowConfig overrides, KEY=VALUE")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -76,6 +76,7 @@ def main(argv=None) -> None:
             print(show.to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
     out = pd.concat(rows, ignore_index=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    out.insert(0, "command", " ".join(["python", *sys.argv]))
     out.to_csv(args.out, index=False)
     print(f"\nwrote {args.out}")
 

@@ -39,6 +39,20 @@ def default_vae_epochs(n_cells: int, batch_size: int, max_steps: int) -> int:
     return int(np.clip(round(max_steps / steps_per_epoch), 10, 400))
 
 
+def log_space_round(expected: np.ndarray, target: np.ndarray, scale: np.ndarray, rng) -> np.ndarray:
+    """Round counts to a neighbouring integer so that ``E[log1p(scale * n)] = target``.
+
+    Plain stochastic rounding keeps the mean count but lowers the mean of
+    ``log1p(normalised count)`` (Jensen's inequality), the scale analyses are done on;
+    choosing the upper integer with probability
+    ``(target - log1p(scale lo)) / (log1p(scale hi) - log1p(scale lo))`` keeps that mean.
+    """
+    lo = np.floor(expected)
+    log_lo, log_hi = np.log1p(lo * scale), np.log1p((lo + 1) * scale)
+    p_up = np.clip((target - log_lo) / (log_hi - log_lo), 0.0, 1.0)
+    return lo + (rng.random(expected.shape) < p_up)
+
+
 class CountVAE:
     """Thin wrapper over :class:`scvi.model.SCVI` with chunked encode and decode.
 
@@ -153,7 +167,8 @@ class CountVAE:
         ``gene_shift[shift_of_rows]`` (a baseline's change), to the source cell's own
         log-normalised counts. The decoder's reconstruction error cancels in the
         difference, and each predicted cell keeps the identity and noise of its source cell.
-        Expected counts are rounded stochastically (unbiased) to integers.
+        Expected counts are rounded stochastically to integers, unbiased on the
+        log-normalised scale (see :func:`log_space_round`).
 
         Returns
         -------
@@ -171,10 +186,10 @@ class CountVAE:
             change = torch.log1p(mu_1 * scale) - torch.log1p(mu_0 * scale)  # (n, G)
             if gene_shift is not None:
                 change += torch.as_tensor(gene_shift[shift_of_rows[sl]], dtype=torch.float32)
-            moved = (torch.log1p(x * scale) + change).clamp(min=0)
-            expected = (torch.expm1(moved) / scale).numpy().astype(np.float32)
-            floor = np.floor(expected)
-            sampled = floor + (rng.random(expected.shape) < (expected - floor))
+            moved = (torch.log1p(x * scale) + change).clamp(min=0).numpy()  # (n, G) log1p-normalised
+            s_ = scale.numpy()
+            expected = (np.expm1(moved) / s_).astype(np.float32)
+            sampled = log_space_round(expected, moved, s_, rng)
             means.append(expected)
             samples.append(sp.csr_matrix(sampled.astype(np.int32)))
         return sp.vstack(samples).tocsr(), np.concatenate(means)

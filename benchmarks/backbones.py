@@ -1,0 +1,22 @@
+"""Every registered backbone, default settings, on two real held-out tasks.
+
+Usage (from the repository root, with ../shared/data beside it)::
+
+    python benchmarks/backbones.py        # writes benchmarks/results/backbones.csv
+
+For each backbone: the metrics beside the baselines, training time, parameter count of the
+velocity network and prediction cells per second.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts
+from quality import main  # noqa: E402
+
+from perturbflow.backbones import list_backbones  # noqa: E402
+
+if __name__ == "__main__":
+    main(tasks=("norman", "kang"), backbones=tuple(list_backbones()), out_name="backbones.csv", doc=__doc__)
