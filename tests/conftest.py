@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import anndata as ad
-import numpy as np
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")  # before scanpy imports numba: its threads would raise torch's count
+
+from pathlib import Path  # noqa: E402
+
+import anndata as ad  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest
 import torch
 from threadpoolctl import threadpool_limits

@@ -170,17 +170,24 @@ def test_pl_embedding_png(prediction, synthetic_adata, tmp_path):
     axes = pf.pl.embedding(prediction, synthetic_adata, max_cells=400, save=path)
     assert len(axes) == 2 and all(isinstance(a, plt.Axes) for a in axes)
     assert_png_not_blank(path)
-    pca = pf.pl.embedding(prediction, synthetic_adata, basis="pca", color="cell_type", max_cells=200)
-    assert len(pca) == 1
+    pca = pf.pl.embedding(prediction, synthetic_adata, basis="pca", color=["cell_type", "group"], max_cells=200)
+    assert len(pca) == 2
+    groups = {t.get_text() for t in pca[1].get_legend().get_texts()}
+    assert "control (real)" in groups and any(g.endswith("(predicted)") for g in groups)
     with pytest.raises(PerturbFlowError, match="cannot colour by"):
         pf.pl.embedding(prediction, synthetic_adata, basis="pca", color="nope", max_cells=100)
 
 
-def test_pl_trajectories_png(trained_model, controls, heldout, tmp_path):
+def test_pl_trajectories_png(trained_model, synthetic_adata, heldout, tmp_path):
+    from matplotlib.collections import LineCollection
+
     path = tmp_path / "trajectories.png"
-    ax = pf.pl.trajectories(trained_model, controls, heldout[0], n_cells=8, n_steps=6, save=path)
+    ax = pf.pl.trajectories(trained_model, synthetic_adata, heldout[0], n_cells=8, n_steps=6, save=path)
     assert isinstance(ax, plt.Axes)
-    assert len(ax.collections[1].get_segments()) == 8 * 6  # one segment per cell and step
+    (lines,) = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert len(lines.get_segments()) == 8 * 6  # one segment per cell and step
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert f"real {heldout[0]} cells" in legend and "control cells" in legend
     assert_png_not_blank(path)
 
 

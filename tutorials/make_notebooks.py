@@ -107,8 +107,12 @@ Predicted and real cells on one UMAP (computed with scanpy on log1p-normalised c
 prediction lands on the real cells of its perturbation.
 """),
         code("""pf.pl.embedding(pred, adata, save=FIGURE_DIR / "01_embedding.png");"""),
-        md("The flow paths of a few control cells in the latent space (first two principal components):"),
-        code("""pf.pl.trajectories(model, controls, heldout[0], n_cells=20, save=FIGURE_DIR / "01_trajectories.png");"""),
+        md("""
+The flow paths of a few control cells in the latent space (first two principal components).
+Given the whole dataset, the plot also shows the real cells of the perturbation, which the
+model never saw:
+"""),
+        code("""pf.pl.trajectories(model, adata, heldout[0], n_cells=20, save=FIGURE_DIR / "01_trajectories.png");"""),
         md("""
 ## The latent space and the next experiment
 
@@ -326,10 +330,10 @@ table.groupby("model", sort=False)[["pearson_delta", "pearson_delta_top20", "mse
 """),
         code("""pf.pl.metrics(pred, save=FIGURE_DIR / "03_metrics.png");"""),
         code("""pf.pl.delta_scatter(pred, adata, stimulated, real_layer=layer, save=FIGURE_DIR / "03_delta_scatter.png");"""),
-        md("Predicted and real cells of the held-out cell type on one UMAP:"),
+        md("Predicted and real cells of the held-out cell type on one UMAP; `group` tells the predicted stimulated cells from the real ones:"),
         code("""
 real = adata[adata.obs[cell_type_key] == heldout_type]
-pf.pl.embedding(pred, real, real_layer=layer, save=FIGURE_DIR / "03_embedding.png");
+pf.pl.embedding(pred, real, real_layer=layer, color=["source", "group"], save=FIGURE_DIR / "03_embedding.png");
 """),
         md("""
 With this short training the model may or may not beat the mean shift; train with the

@@ -68,7 +68,8 @@ def resolve_manifest_dir(path: str | os.PathLike | None = None) -> Path:
         if folder.is_dir():
             return folder
     raise PerturbFlowError(
-        f"no dataset manifests found (looked in {PACKAGED_MANIFESTS} and {REPO_MANIFESTS}); pass manifest_dir="
+        f"no dataset manifests found (looked in {PACKAGED_MANIFESTS} and {REPO_MANIFESTS}); "
+        "pass manifest_dir="
     )
 
 
@@ -172,7 +173,9 @@ def resolve_cache_dir(path: str | os.PathLike | None = None) -> Path:
     return Path(pooch.os_cache("perturbflow"))
 
 
-def _copy_local_file(url: str, output_file: str, pooch_obj: Any = None, check_only: bool = False) -> bool | None:
+def _copy_local_file(
+    url: str, output_file: str, pooch_obj: Any = None, check_only: bool = False
+) -> bool | None:
     """A pooch downloader for ``file://`` URLs (pooch has none): copy the file to ``output_file``."""
     source = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
     if check_only:
@@ -292,7 +295,9 @@ def load(
     try:
         adata = ad.read_h5ad(path)
     except Exception as exc:  # h5py and anndata raise many kinds for a bad file
-        raise PerturbFlowError(f"dataset {name!r} at {path} is not a readable .h5ad file ({type(exc).__name__})") from None
+        raise PerturbFlowError(
+            f"dataset {name!r} at {path} is not a readable .h5ad file ({type(exc).__name__})"
+        ) from None
     adata.uns[UNS_KEY] = {k: v for k, v in manifest.items() if v is not None}
     adata.uns[UNS_KEY]["context_keys"] = list(manifest["context_keys"])
     return adata

@@ -18,6 +18,7 @@ from perturbflow.metrics._groups import canonical_labels
 from perturbflow.pl._utils import finish
 
 SOURCE_KEY = "source"
+GROUP_KEY = "group"
 
 
 def _subsample(n: int, max_cells: int | None, rng: np.random.Generator) -> np.ndarray:
@@ -61,7 +62,8 @@ def embedding(
         ``"umap"`` or ``"pca"``.
     color
         ``obs`` columns of the combined cells to colour by, one panel each: ``"source"``
-        (``real`` / ``predicted``), the perturbation key, or a context column present in both.
+        (``real`` / ``predicted``), the perturbation key, ``"group"`` (perturbation and
+        source, e.g. ``"A+B (predicted)"``), or a context column present in both.
         Default: source and perturbation.
     perturbation_key, control_value
         Default: those recorded in the prediction.
@@ -95,6 +97,8 @@ def embedding(
     for which, a in (("predicted", adata_pred), ("real", adata_real)):
         if key not in a.obs.columns:
             raise PerturbFlowError(f"key {key!r} not found in the {which} AnnData's obs")
+    if key in (SOURCE_KEY, GROUP_KEY):
+        raise PerturbFlowError(f"perturbation key {key!r} clashes with a column the plot adds; rename it")
     if basis not in ("umap", "pca"):
         raise PerturbFlowError(f"basis must be 'umap' or 'pca', not {basis!r}")
     if real_layer is not None and real_layer not in adata_real.layers:
@@ -125,12 +129,12 @@ def embedding(
         },
         index=[f"cell{i}" for i in range(X.shape[0])],
     )
+    obs[GROUP_KEY] = pd.Categorical(obs[key].astype(str) + " (" + obs[SOURCE_KEY].astype(str) + ")")
     for extra in info.get("context_keys", []):
-        if extra in adata_pred.obs.columns and extra in adata_real.obs.columns and extra != key:
-            values = np.concatenate(
-                [adata_pred.obs[extra].astype(str).to_numpy()[pred_rows], adata_real.obs[extra].astype(str).to_numpy()[real_rows]]
-            )
-            obs[extra] = pd.Categorical(values)
+        if extra in adata_pred.obs.columns and extra in adata_real.obs.columns and extra not in obs.columns:
+            pred_values = adata_pred.obs[extra].astype(str).to_numpy()[pred_rows]
+            real_values = adata_real.obs[extra].astype(str).to_numpy()[real_rows]
+            obs[extra] = pd.Categorical(np.concatenate([pred_values, real_values]))
     combined = AnnData(X=X, obs=obs, var=pd.DataFrame(index=genes.astype(str)))
     n_comps = max(2, min(n_pcs, combined.n_vars - 1, combined.n_obs - 1))
     sc.pp.pca(combined, n_comps=n_comps, random_state=seed)

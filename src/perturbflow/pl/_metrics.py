@@ -14,6 +14,7 @@ from perturbflow._errors import PerturbFlowError
 from perturbflow.pl._utils import finish
 
 HEADLINE_METRICS = ("pearson_delta_top20", "mse_top20", "energy_distance")
+MODEL_PREFIX = "perturbflow"  # also "perturbflow[dit]" etc. when models are compared
 LOWER_IS_BETTER = {"mse_top20", "mae_top20", "energy_distance", "mmd"}
 
 
@@ -60,7 +61,7 @@ def metrics(
         ax = ax[0]
     for a, m in zip(ax, metrics):
         values = means[m].to_numpy()
-        colors = ["tab:red" if name == "perturbflow" else "tab:gray" for name in means.index]
+        colors = ["tab:red" if str(name).startswith(MODEL_PREFIX) else "tab:gray" for name in means.index]
         a.barh(np.arange(len(values)), values, color=colors)
         a.set_yticks(np.arange(len(values)), means.index)
         a.invert_yaxis()

@@ -71,13 +71,16 @@ def parse_perturbations(
     """
     if perturbation_key not in adata.obs.columns:
         known = ", ".join(map(str, adata.obs.columns[:20])) or "none"
-        raise PerturbFlowError(f"perturbation key {perturbation_key!r} not found in adata.obs (columns: {known})")
+        raise PerturbFlowError(
+            f"perturbation key {perturbation_key!r} not found in adata.obs (columns: {known})"
+        )
     adata = adata.copy() if copy else adata
     labels = adata.obs[perturbation_key].astype(str)
     parsed = {lab: parse_perturbation(lab, control_value, separator) for lab in pd.unique(labels)}
     canonical = {lab: canonical_label(atoms, control_value, separator) for lab, atoms in parsed.items()}
     adata.obs[key_added] = pd.Categorical(labels.map(canonical).to_numpy())
-    adata.obs[f"n_{key_added}"] = labels.map({lab: len(a) for lab, a in parsed.items()}).to_numpy(dtype=np.int64)
+    n_atoms = {lab: len(atoms) for lab, atoms in parsed.items()}
+    adata.obs[f"n_{key_added}"] = labels.map(n_atoms).to_numpy(dtype=np.int64)
     adata.uns[key_added] = {
         "atoms": sorted({a for atoms in parsed.values() for a in atoms}),
         "params": {

@@ -125,5 +125,10 @@ def predict(
     if not model.is_trained:
         raise PerturbFlowError("the model is not trained; use pf.tl.fit or model.train() first")
     return model.predict(
-        control_adata, perturbations=list(perturbations), n_steps=n_steps, seed=seed, n_cells=n_cells, solver=solver
+        control_adata,
+        perturbations=list(perturbations),
+        n_steps=n_steps,
+        seed=seed,
+        n_cells=n_cells,
+        solver=solver,
     )

@@ -115,7 +115,7 @@ def rank_perturbations(
         )
     table = pd.DataFrame(rows).sort_values("effect_size", ascending=False, ignore_index=True)
     table["rank"] = np.arange(1, len(table) + 1)
-    logger.info("ranked %d candidate perturbations; largest effect: %s", len(table), table["perturbation"].iloc[0])
+    logger.info("ranked %d candidates; largest effect: %s", len(table), table["perturbation"].iloc[0])
     if not copy:
         control_adata.uns[key_added] = {
             "table": table,
