@@ -9,11 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-import anndata as ad
 import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 from anndata import AnnData
 from torch.utils.data import DataLoader
