@@ -41,10 +41,11 @@ class DataRegistry:
         return cls(**d)
 
 
-def _check_obs_key(adata: AnnData, key: str, what: str) -> None:
+def check_obs_key(adata: AnnData, key: str, what: str, which: str = "adata") -> None:
+    """Raise :class:`PerturbFlowError` unless ``key`` is a column of ``adata.obs``."""
     if key not in adata.obs.columns:
         known = ", ".join(map(str, adata.obs.columns[:20])) or "none"
-        raise PerturbFlowError(f"{what} {key!r} not found in adata.obs (columns: {known})")
+        raise PerturbFlowError(f"{what} {key!r} not found in {which}.obs (columns: {known})")
 
 
 def context_labels(adata: AnnData, context_keys: list[str]) -> np.ndarray:
@@ -52,7 +53,7 @@ def context_labels(adata: AnnData, context_keys: list[str]) -> np.ndarray:
     if not context_keys:
         return np.full(adata.n_obs, DEFAULT_CONTEXT, dtype=object)
     for key in context_keys:
-        _check_obs_key(adata, key, "context key")
+        check_obs_key(adata, key, "context key")
     parts = [adata.obs[k].astype(str).to_numpy() for k in context_keys]
     out = parts[0].astype(object)
     for p in parts[1:]:
@@ -104,9 +105,9 @@ def setup_anndata(
         split_key=split_key,
         separator=separator,
     )
-    _check_obs_key(adata, perturbation_key, "perturbation key")
+    check_obs_key(adata, perturbation_key, "perturbation key")
     if split_key is not None:
-        _check_obs_key(adata, split_key, "split key")
+        check_obs_key(adata, split_key, "split key")
     context_labels(adata, registry.context_keys)
     check_counts(adata, layer)
 

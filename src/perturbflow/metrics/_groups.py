@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from perturbflow._errors import PerturbFlowError
 from perturbflow.data import canonical_label, context_labels, parse_perturbation
+from perturbflow.data._setup import check_obs_key  # noqa: F401  (re-used by metrics)
 
 
 def as_key_list(keys: str | Sequence[str] | None) -> list[str]:
@@ -19,13 +19,6 @@ def as_key_list(keys: str | Sequence[str] | None) -> list[str]:
     if isinstance(keys, str):
         return [keys]
     return list(keys)
-
-
-def check_obs_key(adata: AnnData, key: str, what: str, which: str = "AnnData") -> None:
-    """Raise :class:`PerturbFlowError` unless ``key`` is a column of ``adata.obs``."""
-    if key not in adata.obs.columns:
-        known = ", ".join(map(str, adata.obs.columns[:20])) or "none"
-        raise PerturbFlowError(f"{what} {key!r} not found in {which}.obs (columns: {known})")
 
 
 def canonical_labels(labels: Sequence[str] | pd.Series, control_value: str) -> np.ndarray:
