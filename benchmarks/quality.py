@@ -24,7 +24,7 @@ from perturbflow.metrics import summarize  # noqa: E402
 
 BASELINES = ["control", "train_mean", "context_mean", "mean_shift", "additive", "linear"]
 HEADLINE = ["pearson_delta", "pearson_delta_top20", "mse_top20", "energy_distance", "mmd",
-            "discrimination_l1", "de_overlap"]
+            "discrimination_l1", "de_overlap", "nb_loglik"]
 
 
 def run_task(task, backbone: str, seed: int, config: dict) -> tuple[pd.DataFrame, dict]:
@@ -43,8 +43,10 @@ def run_task(task, backbone: str, seed: int, config: dict) -> tuple[pd.DataFrame
     predict_s = time.perf_counter() - start
     table = pf.tl.evaluate(pred, adata, real_layer="counts", baselines=BASELINES, seed=seed, copy=True)
     n_params = sum(p.numel() for p in model.flow.backbone.parameters())
+    transfer = model.gene_prior.transfer
     return table, {"train_s": train_s, "predict_s": predict_s, "cells_per_s": pred.n_obs / predict_s,
-                   "backbone_params": n_params}
+                   "backbone_params": n_params, "correction_scale": model.correction_scale,
+                   "transfer_bandwidth": transfer.bandwidth, "transfer_specificity": transfer.specificity}
 
 
 def main(argv=None, tasks=tuple(TASKS), backbones=("mlp",), out_name="quality.csv", doc=__doc__) -> None:
@@ -72,7 +74,8 @@ def main(argv=None, tasks=tuple(TASKS), backbones=("mlp",), out_name="quality.cs
             rows.append(summary)
             show = summary[["model", *[c for c in HEADLINE if c in summary.columns]]]
             print(f"\n== {task.name} / {backbone}: train {timing['train_s']:.0f} s, "
-                  f"predict {timing['cells_per_s']:.0f} cells/s")
+                  f"predict {timing['cells_per_s']:.0f} cells/s, correction scale {timing['correction_scale']}, "
+                  f"transfer {timing['transfer_bandwidth']}/{timing['transfer_specificity']}")
             print(show.to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
     out = pd.concat(rows, ignore_index=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -341,3 +341,33 @@ def test_real_data_ceiling_and_baselines() -> None:
     assert (scores["additive"]["mse_top20"] < scores["control"]["mse_top20"]).all()
     ceiling = ceiling.set_index("perturbation").loc[combos]
     assert (ceiling["energy_distance"] < scores["control"]["energy_distance"]).all()
+
+
+# --- held-out NB log-likelihood -------------------------------------------------------
+
+
+def test_nb_loglik_matches_scipy() -> None:
+    from perturbflow.metrics._likelihood import nb_log_likelihood, predicted_profile
+
+    rng = np.random.default_rng(0)
+    x = rng.poisson(3.0, size=(6, 4))
+    profile, theta = np.array([0.1, 0.2, 0.3, 0.4]), np.array([1.0, 2.0, 5.0, 0.5])
+    mu = x.sum(1, keepdims=True) * profile
+    expected = stats.nbinom.logpmf(x, theta, theta / (theta + mu)).sum(1).mean()
+    assert nb_log_likelihood(x, profile, theta) == pytest.approx(expected, rel=1e-7)
+    assert nb_log_likelihood(sp.csr_matrix(x), profile, theta) == pytest.approx(expected, rel=1e-7)
+    pred = np.array([[1, 1, 2, 0], [0, 2, 2, 4]])  # normalised rows: [.25 .25 .5 0], [0 .25 .25 .5]
+    assert np.allclose(predicted_profile(pred), [0.125, 0.25, 0.375, 0.25], atol=1e-7)
+
+
+def test_evaluate_scores_likelihood_only_with_a_dispersion(small: ad.AnnData) -> None:
+    pred = small.copy()
+    plain = evaluate_predictions(pred, small, "perturbation", "control", context_keys="cell_type")
+    assert plain["nb_loglik"].isna().all()
+    pred.var["nb_dispersion"] = 5.0
+    table = evaluate_predictions(pred, small, "perturbation", "control", context_keys="cell_type")
+    assert np.isfinite(table["nb_loglik"]).all() and (table["nb_loglik"] < 0).all()
+    wrong = pred.copy()
+    wrong.X = pred.X[:, np.random.default_rng(0).permutation(pred.n_vars)]  # genes' profiles swapped
+    worse = evaluate_predictions(wrong, small, "perturbation", "control", context_keys="cell_type")
+    assert (worse["nb_loglik"] < table["nb_loglik"]).all()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from perturbflow.nn._vae import log_space_round
+from perturbflow.nn._vae import log_space_round, systematic_round_up
 
 
 def test_log_space_round_is_unbiased_on_the_log_scale():
@@ -18,6 +18,16 @@ def test_log_space_round_is_unbiased_on_the_log_scale():
     assert np.log1p(n * scale).mean(0) == pytest.approx(target[0], abs=3e-3)
     plain = np.floor(expected) + (rng.random(expected.shape) < expected - np.floor(expected))
     assert np.log1p(plain * scale).mean(0)[0] < target[0, 0] - 0.02  # what plain rounding would lose
+
+
+def test_systematic_rounding_keeps_each_probability_and_every_group_sum():
+    rng = np.random.default_rng(1)
+    p = rng.random((50, 4))
+    ups = np.mean([systematic_round_up(p, rng) for _ in range(20_000)], axis=0)
+    assert np.allclose(ups, p, atol=0.02)  # each cell's own probability
+    one = systematic_round_up(p, rng)
+    for start, stop in [(0, 50), (3, 17), (20, 49)]:  # any run of consecutive cells
+        assert abs(one[start:stop].sum(0) - p[start:stop].sum(0)).max() < 1 + 1e-9
 
 
 def test_decoder_is_scvi_negative_binomial(trained_model):

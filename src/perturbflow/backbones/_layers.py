@@ -82,18 +82,29 @@ class FinalLayer(nn.Module):
 
 
 class CoordinateTokens(nn.Module):
-    """One token per latent coordinate: its value times a learned vector, plus a learned position.
+    """Tokens made of chunks of each cell's latent: ``chunk`` coordinates per token.
 
-    The position embedding names the coordinate, so the network can tell latent factors apart
-    even though the mixing layers that follow treat all positions alike.
+    Each chunk is projected to ``d_model`` and given a learned position embedding that names
+    it, so the network can tell latent factors apart even though the mixing layers that
+    follow treat all positions alike. A latent of D coordinates gives ``ceil(D / chunk)``
+    tokens (the last chunk is zero-padded); :meth:`to_latent` maps per-token outputs back.
+    With ``chunk=1`` every coordinate is a token.
     """
 
-    def __init__(self, n_latent: int, d_model: int):
+    def __init__(self, n_latent: int, d_model: int, chunk: int = 1):
         super().__init__()
-        self.value = nn.Linear(1, d_model)
-        # unit scale, like the value term: a small init (ViT's 0.02) hides which coordinate is which
-        self.position = nn.Parameter(torch.randn(n_latent, d_model))
+        self.n_latent, self.chunk = n_latent, chunk
+        self.n_tokens = -(-n_latent // chunk)
+        self.value = nn.Linear(chunk, d_model)
+        # unit scale, like the value term: a small init (ViT's 0.02) hides which chunk is which
+        self.position = nn.Parameter(torch.randn(self.n_tokens, d_model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (B, S, D); cells become independent sequences of D tokens
-        return self.value(x.reshape(-1, x.shape[-1], 1)) + self.position  # (B*S, D, d)
+        # x: (B, S, D); cells become independent sequences of L = ceil(D / chunk) tokens
+        pad = self.n_tokens * self.chunk - self.n_latent
+        x = nn.functional.pad(x, (0, pad)).reshape(-1, self.n_tokens, self.chunk)  # (B*S, L, chunk)
+        return self.value(x) + self.position  # (B*S, L, d)
+
+    def to_latent(self, out: torch.Tensor, n_sets: int, n_cells: int) -> torch.Tensor:
+        """Per-token outputs ``(B*S, L, chunk)`` to velocities ``(B, S, D)``."""
+        return out.reshape(n_sets, n_cells, -1)[..., : self.n_latent]

@@ -83,8 +83,10 @@ class BidirectionalS4D(nn.Module):
 class SSMBackbone(nn.Module):
     """Bidirectional diagonal state-space model (S4D) along each cell's latent, with adaLN-Zero.
 
-    Tokens: the D latent coordinates of a cell form a sequence of D tokens (value projected to
-    ``d_model`` plus a learned position embedding); cells of a set are processed independently
+    Tokens: the latent of a cell, cut into chunks of ``chunk`` coordinates, forms a sequence of
+    ``ceil(D / chunk)`` tokens (each projected to ``d_model`` plus a learned position
+    embedding; chunks keep the sequence, and the cost, 4 times smaller than one token per
+    coordinate); cells of a set are processed independently
     (S is treated as a batch axis). A sequence model needs an order: the cells of a set have
     none (ordering them would break permutation equivariance), while the latent coordinates
     have a fixed one. That order is arbitrary, so the SSM reads it in both directions and each
@@ -104,6 +106,8 @@ class SSMBackbone(nn.Module):
         Number of SSM blocks.
     d_state
         State size of each channel's SSM (``d_state // 2`` complex-conjugate mode pairs).
+    chunk
+        Latent coordinates per token (4: a 20-dimensional latent is 5 tokens).
     dropout_rate
         Dropout after the SSM and in the MLPs.
     """
@@ -116,20 +120,21 @@ class SSMBackbone(nn.Module):
         depth: int = 4,
         d_state: int = 32,
         dropout_rate: float = 0.0,
+        chunk: int = 4,
     ):
         super().__init__()
         self.embed = ConditionEmbedder(n_cond, d_model)
-        self.tokens = CoordinateTokens(n_latent, d_model)
+        self.tokens = CoordinateTokens(n_latent, d_model, chunk)
         self.blocks = nn.ModuleList(
             AdaLNZeroBlock(d_model, BidirectionalS4D(d_model, d_state, dropout_rate), dropout_rate)
             for _ in range(depth)
         )
-        self.final = FinalLayer(d_model, 1)
+        self.final = FinalLayer(d_model, chunk)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         n_sets, n_cells, _ = x_t.shape
         c = self.embed(t, cond).repeat_interleave(n_cells, dim=0)  # (B*S, d)
-        h = self.tokens(x_t)  # (B*S, D, d)
+        h = self.tokens(x_t)  # (B*S, L, d)
         for block in self.blocks:
-            h = block(h, c)  # (B*S, D, d)
-        return self.final(h, c).reshape(n_sets, n_cells, -1)  # (B, S, D)
+            h = block(h, c)  # (B*S, L, d)
+        return self.tokens.to_latent(self.final(h, c), n_sets, n_cells)  # (B, S, D)

@@ -23,6 +23,7 @@ from perturbflow.metrics._groups import (
     check_obs_key,
     group_codes,
 )
+from perturbflow.metrics._likelihood import DISPERSION_KEY, nb_log_likelihood, predicted_profile
 from perturbflow.metrics._metrics import discrimination_score_l1, mae, mse, pearson_delta
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def _metric_columns(n_de_genes: int) -> list[str]:
         "de_overlap",
         "energy_distance",
         "mmd",
+        "nb_loglik",
     ]
 
 
@@ -181,7 +183,10 @@ def evaluate_predictions(
     (all genes), ``pearson_delta_top{n}``, ``pearson_delta_systema`` (delta against the mean
     of all real perturbed cells of the context), ``mse_top{n}``, ``mae_top{n}`` (on mean
     profiles), ``discrimination_l1`` (among the perturbations of the context; perturbed genes
-    excluded), ``de_overlap``, ``energy_distance`` and ``mmd`` (RBF, biased MMD²). The DE-based
+    excluded), ``de_overlap``, ``energy_distance`` and ``mmd`` (RBF, biased MMD²), and ``nb_loglik``
+    (held-out NB log-likelihood of the real cells under the predicted profile, nats per cell;
+    only for predictions with ``var['nb_dispersion']``, see
+    :mod:`perturbflow.metrics._likelihood`; NaN otherwise). The DE-based
     metrics are NaN for groups (or controls) of fewer than 2 cells, ``de_overlap`` also when no
     gene is truly DE; use :func:`summarize` for NaN-ignoring means.
     """
@@ -192,7 +197,11 @@ def evaluate_predictions(
     if n_de_genes < 1 or n_pcs < 1:
         raise PerturbFlowError("n_de_genes and n_pcs must be at least 1")
     pred_counts, order = _aligned_pred_counts(adata_pred, adata_real, pred_layer)
-    real_log = log_normalize_rows(get_counts(adata_real, real_layer))
+    real_counts = get_counts(adata_real, real_layer)
+    real_log = log_normalize_rows(real_counts)
+    theta = None
+    if DISPERSION_KEY in adata_pred.var.columns:  # a model with an NB likelihood
+        theta = adata_pred.var[DISPERSION_KEY].to_numpy(dtype=np.float64)[order]
     pred_log = log_normalize_rows(pred_counts)[:, order]
     genes = adata_real.var_names
     rng = np.random.default_rng(seed)
@@ -245,6 +254,9 @@ def evaluate_predictions(
                     n_de_genes=n_de_genes, alpha=alpha,
                 ),
             }
+            if theta is not None:
+                profile = predicted_profile(pred_counts[p_rows][:, order])
+                row["nb_loglik"] = nb_log_likelihood(real_counts[_sample(r_rows, max_cells, rng)], profile, theta)
             ctx_rows_out[pert] = row
             pred_ctx_means[pert], real_ctx_means[pert] = pred_mean, real_mean
             atoms = [a for a in parse_perturbation(pert, control_value) if a in genes]

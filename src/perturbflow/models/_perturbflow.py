@@ -14,13 +14,11 @@ import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
-from torch.utils.data import DataLoader
 
 from perturbflow._errors import PerturbFlowError
 from perturbflow.data import (
     DataRegistry,
     Group,
-    PairedSetDataset,
     check_counts,
     context_labels,
     get_counts,
@@ -31,13 +29,13 @@ from perturbflow.data import (
     split_labels,
 )
 from perturbflow.flow import LatentFlowModule
-from perturbflow.metrics import energy_distance
 from perturbflow.metrics._expression import group_means, log_normalize_rows
+from perturbflow.metrics._likelihood import DISPERSION_KEY
 from perturbflow.models._config import PerturbFlowConfig
 from perturbflow.models._prior import BaselinePrior
-from perturbflow.nn import CountVAE
-from perturbflow.nn import context_statistics
-from perturbflow.train import FlowTrainingPlan
+from perturbflow.models._transfer import ContextTransfer
+from perturbflow.nn import CountVAE, context_statistics
+from perturbflow.train import build_flow, calibration_split, choose_correction_scale, fit_flow
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +43,6 @@ CONFIG_FILE = "perturbflow.json"
 FLOW_FILE = "flow.pt"
 VAE_DIR = "vae"
 LATENT_PRIOR_FILE = "latent_shifts.npz"
-CORRECTION_SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
 GENE_PRIOR_FILE = "gene_shifts.npz"
 DECODE_CHUNK = 2048
 
@@ -230,8 +227,13 @@ class PerturbFlow:
         train_cells, val_cells = cells_of("train"), cells_of("val")
         if not train_cells:
             raise PerturbFlowError("no perturbed training cells with control cells in the same context")
-        self.prior = BaselinePrior({k: z_all[v].mean(0) - ctrl_means[k[1]] for k, v in train_cells.items()})
-        self.gene_prior = self._gene_prior(train_cells, fit_mask & is_control, contexts)
+        gene_shifts, control_means = self._gene_shifts(train_cells, fit_mask & is_control, contexts)
+        sizes = {k: len(v) for k, v in train_cells.items()}
+        transfer, self.transfer_scores = ContextTransfer.select(gene_shifts, sizes, control_means)
+        self.gene_prior = BaselinePrior(gene_shifts, sizes, transfer)
+        self.prior = BaselinePrior(
+            {k: z_all[v].mean(0) - ctrl_means[k[1]] for k, v in train_cells.items()}, sizes, transfer
+        )
 
         def groups(cells: dict) -> list[Group]:
             return [
@@ -251,103 +253,40 @@ class PerturbFlow:
 
         fit = dict(z_all=z_all, stats=stats, max_epochs=flow_max_epochs or max_epochs, accelerator=accelerator,
                    devices=devices, seed=seed, progress_bar=progress_bar)
+        # The flow is fitted once. With a baseline prior, a fifth of the training groups
+        # (or the validation groups) is held out of that fit and used to choose how much of
+        # the flow's correction to keep, for this very network.
         self.correction_scale = 1.0
+        calibration = []
         if self.config.residual_prior:
-            calibration = val_groups or self._calibration_split(train_groups, seed)
-            fitting = train_groups if val_groups else [g for g in train_groups if all(g is not c for c in calibration)]
-            if calibration and fitting:
-                self.flow = self._fit_flow(fitting, [], **fit)
-                self.correction_scale = self._calibrate(calibration, z_all, stats, seed)
-                logger.info("correction scale chosen on %d held-out groups: %.2f", len(calibration), self.correction_scale)
-        self.flow = self._fit_flow(train_groups, val_groups, **fit)
+            calibration = val_groups or calibration_split(train_groups, seed)
+        fitting = [g for g in train_groups if all(g is not c for c in calibration)] or train_groups
+        self.flow = fit_flow(self.config, len(self.atoms), fitting, val_groups, **fit)
+        if calibration:
+
+            def transport(z0, atom_ids, context, prior):
+                stats_c, prior_t = torch.from_numpy(stats[context]), torch.from_numpy(prior)
+                return self._transport(z0, atom_ids, stats_c, prior_t, self.config.n_steps, self.config.solver, False)[0]
+
+            self.correction_scale = choose_correction_scale(transport, calibration, z_all, seed)
+            logger.info("correction scale chosen on %d held-out groups: %.2f", len(calibration), self.correction_scale)
         self.flow = self.flow.cpu().eval()
         self.is_trained = True
 
-    def _fit_flow(
-        self, train_groups, val_groups, z_all, stats, max_epochs, accelerator, devices, seed, progress_bar
-    ) -> LatentFlowModule:
-        """Train a fresh latent flow on the given groups with Lightning."""
-        cfg = self.config
-        flow = LatentFlowModule(
-            n_latent=cfg.n_latent,
-            n_atoms=len(self.atoms),
-            backbone=cfg.backbone,
-            n_embed=cfg.n_embed,
-            backbone_kwargs=cfg.backbone_kwargs,
-            residual_prior=cfg.residual_prior,
-            atom_pooling=cfg.atom_pooling,
-        )
-        n_items = cfg.flow_steps_per_epoch * cfg.flow_batch_size
-        dataset = PairedSetDataset(z_all, train_groups, stats, cfg.set_size, n_items, cfg.coupling, seed)
-        loaders = {"train_dataloaders": DataLoader(dataset, batch_size=cfg.flow_batch_size)}
-        if val_groups:
-            val_set = PairedSetDataset(
-                z_all, val_groups, stats, cfg.set_size, 4 * cfg.flow_batch_size, cfg.coupling, seed + 1
-            )
-            loaders["val_dataloaders"] = DataLoader(val_set, batch_size=cfg.flow_batch_size)
-        callbacks = []
-        if cfg.ema_decay > 0:
-            from lightning.pytorch.callbacks import EMAWeightAveraging
-
-            callbacks.append(EMAWeightAveraging(decay=cfg.ema_decay))
-        trainer = pl.Trainer(
-            max_epochs=max_epochs or cfg.flow_max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=progress_bar,
-            enable_model_summary=False,
-            callbacks=callbacks,
-            limit_val_batches=1.0 if val_groups else 0,
-        )
-        trainer.fit(FlowTrainingPlan(flow, lr=cfg.flow_lr), **loaders)
-        return flow.cpu().eval()
-
-    @staticmethod
-    def _calibration_split(groups: list[Group], seed: int) -> list[Group]:
-        """A fifth of the training groups (at least one, none when fewer than 5) held out for calibration."""
-        if len(groups) < 5:
-            return []
-        rng = np.random.default_rng(seed)
-        n = max(1, len(groups) // 5)
-        return [groups[i] for i in sorted(rng.choice(len(groups), n, replace=False))]
-
-    def _calibrate(self, groups: list[Group], z_all: np.ndarray, stats: np.ndarray, seed: int) -> float:
-        """How much of the flow's correction to the baseline to keep, chosen on held-out groups.
-
-        For each held-out group, control latents are moved by the baseline prior (scale 0) or
-        by the baseline plus a fraction of the flow's correction; the scale with the smallest
-        mean latent energy distance to the group's real cells wins (ties go to the smaller
-        scale). A flow that does not generalise to new groups is thus shrunk to the baseline
-        instead of hurting it.
-        """
-        rng = np.random.default_rng(seed)
-        scores = np.zeros(len(CORRECTION_SCALES))
-        for g in groups:
-            src = z_all[rng.choice(g.source_idx, min(len(g.source_idx), 256), replace=False)]
-            tgt = z_all[rng.choice(g.target_idx, min(len(g.target_idx), 256), replace=False)]
-            z_1, _ = self._transport(
-                src, list(g.atom_ids), torch.from_numpy(stats[g.context]), torch.from_numpy(g.prior),
-                self.config.n_steps, self.config.solver, False,
-            )
-            z_base = src + g.prior
-            for i, scale in enumerate(CORRECTION_SCALES):
-                scores[i] += energy_distance(z_base + scale * (z_1 - z_base), tgt)
-        return float(CORRECTION_SCALES[int(np.argmin(np.round(scores, 6)))])
-
-    def _gene_prior(self, cells: dict, control_mask: np.ndarray, contexts: np.ndarray) -> BaselinePrior:
-        """Mean log-normalised shifts of the training groups against their context's controls."""
+    def _gene_shifts(self, cells: dict, control_mask: np.ndarray, contexts: np.ndarray) -> tuple[dict, dict]:
+        """Mean log-normalised shifts of the training groups against their context's controls,
+        and the mean log-normalised expression of each context's control cells."""
         logx = log_normalize_rows(get_counts(self.adata, self.registry.layer))
         keys = list(cells)
         codes = np.full(self.adata.n_obs, -1)
         for i, k in enumerate(keys):
             codes[cells[k]] = i
-        ctx_names = sorted({c for _, c in keys})
-        ctrl_codes = np.where(control_mask & np.isin(contexts, ctx_names), np.searchsorted(ctx_names, contexts), -1)
+        ctx_names = sorted(set(contexts[control_mask]))
+        ctrl_codes = np.where(control_mask, np.searchsorted(ctx_names, contexts), -1)
         means = group_means(logx, codes, len(keys))
         ctrl = group_means(logx, ctrl_codes, len(ctx_names))
-        return BaselinePrior({k: means[i] - ctrl[ctx_names.index(k[1])] for i, k in enumerate(keys)})
+        shifts = {k: means[i] - ctrl[ctx_names.index(k[1])] for i, k in enumerate(keys)}
+        return shifts, dict(zip(ctx_names, ctrl))
 
     # ------------------------------------------------------------------ inputs
     def _check_trained(self) -> None:
@@ -463,7 +402,8 @@ class PerturbFlow:
         Returns
         -------
         AnnData with sampled integer counts in ``X`` (genes in training order), the expected
-        counts in ``layers['expected']``, the predicted latents in ``obsm['X_perturbflow']``,
+        counts in ``layers['expected']``, the decoder's gene-wise NB inverse dispersion in
+        ``var['nb_dispersion']``, the predicted latents in ``obsm['X_perturbflow']``,
         and in ``obs`` the perturbation label, the source cells' context columns and
         ``source_cell``.
         """
@@ -487,6 +427,7 @@ class PerturbFlow:
         S = self.config.set_size
         z_pred, src_rows, labels, paths = [], [], [], []
         z_base, gene_shift, shift_of_rows = [], [], []
+        control_means: dict[str, np.ndarray] = {}  # each context described by its own control cells
         from rich.progress import track
 
         for label, atom_set, atom_ids in track(requested, description="predicting", disable=len(requested) < 3):
@@ -495,9 +436,10 @@ class PerturbFlow:
                 rows_c = rows[contexts[rows] == c]
                 ctrl_c = np.flatnonzero(contexts == c)
                 stats = context_statistics(torch.from_numpy(z0_all[ctrl_c]))
-                prior = self.prior.prior(atom_set, c)
+                ctrl_mean = control_means.setdefault(c, np.asarray(log_normalize_rows(counts[ctrl_c]).mean(0)).ravel())
+                prior = self.prior.prior(atom_set, c, ctrl_mean)
                 if self.config.residual_prior:
-                    gene_shift.append(self.gene_prior.prior(atom_set, c))
+                    gene_shift.append(self.gene_prior.prior(atom_set, c, ctrl_mean))
                 for start in range(0, len(rows_c), S * 64):
                     chunk = rows_c[start : start + S * 64]
                     out = self._transport(
@@ -531,6 +473,7 @@ class PerturbFlow:
             obs[key] = control_adata.obs[key].to_numpy()[src_rows]
         obs["source_cell"] = control_adata.obs_names.to_numpy()[src_rows]
         pred = AnnData(X=X, obs=obs, var=pd.DataFrame(index=self.genes))
+        pred.var[DISPERSION_KEY] = self.vae.dispersion()  # the decoder's NB theta, for evaluation
         pred.layers["expected"] = expected
         pred.obsm["X_perturbflow"] = z_pred
         pred.uns["perturbflow_prediction"] = {
@@ -628,15 +571,7 @@ class PerturbFlow:
         model.context_stats = meta["context_stats"]
         model.correction_scale = meta["correction_scale"]
         model.vae = CountVAE.load(path / VAE_DIR, model.genes)
-        model.flow = LatentFlowModule(
-            n_latent=model.config.n_latent,
-            n_atoms=len(model.atoms),
-            backbone=model.config.backbone,
-            n_embed=model.config.n_embed,
-            backbone_kwargs=model.config.backbone_kwargs,
-            residual_prior=model.config.residual_prior,
-            atom_pooling=model.config.atom_pooling,
-        )
+        model.flow = build_flow(model.config, len(model.atoms))
         model.prior = BaselinePrior.load(path / LATENT_PRIOR_FILE)
         model.gene_prior = BaselinePrior.load(path / GENE_PRIOR_FILE)
         model.flow.load_state_dict(torch.load(path / FLOW_FILE, map_location="cpu", weights_only=True))

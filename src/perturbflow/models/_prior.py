@@ -8,12 +8,16 @@ the baseline's latent end point. With a zero backbone (its state at initialisati
 model therefore reproduces the gene-space baseline exactly; training learns what the baseline
 misses (interactions, changes of spread). Every training group's prior is computed
 **without that group**, exactly as for a held-out group at prediction, so the network
-learns to correct the baseline rather than to copy it.
+learns to correct the baseline rather than to copy it. A perturbation seen in other
+contexts is carried over by :class:`~perturbflow.models._transfer.ContextTransfer`
+(similar contexts weigh more; its settings are cross-validated on the training contexts).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from perturbflow.models._transfer import ContextTransfer, pooled_effects
 
 GroupKey = tuple[frozenset, str]
 
@@ -26,25 +30,42 @@ class BaselinePrior:
     shifts
         ``{(atoms, context): mean of the group - mean of the context's controls}``, in latent
         or in log-normalised gene space.
+    sizes
+        Cells per group (weights of the pooled effect of a context); equal when ``None``.
+    transfer
+        How effects move between contexts; the plain mean shift when ``None``.
     """
 
-    def __init__(self, shifts: dict[GroupKey, np.ndarray]):
+    def __init__(
+        self,
+        shifts: dict[GroupKey, np.ndarray],
+        sizes: dict[GroupKey, int] | None = None,
+        transfer: ContextTransfer | None = None,
+    ):
         self.shifts = {k: np.asarray(v, dtype=np.float32) for k, v in shifts.items()}
+        self.sizes = {k: int(sizes[k]) if sizes else 1 for k in self.shifts}
+        self.transfer = transfer or ContextTransfer()
         self.n_latent = len(next(iter(self.shifts.values())))
 
     def _mean(self, keys) -> np.ndarray | None:
         vals = [self.shifts[k] for k in keys]
         return np.mean(vals, axis=0) if vals else None
 
-    def prior(self, atoms: frozenset, context: str) -> np.ndarray:
-        """The baseline latent shift of ``atoms`` in ``context``, leaving that group itself out."""
+    def prior(self, atoms: frozenset, context: str, control_mean: np.ndarray | None = None) -> np.ndarray:
+        """The baseline shift of ``atoms`` in ``context``, leaving that group itself out.
+
+        ``control_mean`` (mean log-normalised expression of the context's control cells)
+        describes a context for the transfer between contexts; by default the one stored at
+        training is used.
+        """
         keys = [k for k in self.shifts if k != (atoms, context)]
         singles_here = [(frozenset([a]), context) for a in atoms]
         if len(atoms) > 1 and all(k in self.shifts for k in singles_here):
             return np.sum([self.shifts[k] for k in singles_here], axis=0)  # additive
-        elsewhere = self._mean([k for k in keys if k[0] == atoms])
-        if elsewhere is not None:
-            return elsewhere  # mean shift from the other contexts
+        rest = {k: self.shifts[k] for k in keys}
+        moved = self.transfer.transfer(atoms, context, rest, pooled_effects(rest, self.sizes), control_mean)
+        if moved is not None:
+            return moved.astype(np.float32)  # the effect in the other contexts, similar ones first
         context_mean = self._mean([k for k in keys if k[1] == context])
         if context_mean is None:
             context_mean = self._mean(keys)
@@ -62,19 +83,29 @@ class BaselinePrior:
 
     def save(self, path) -> None:
         keys = list(self.shifts)
+        t = self.transfer
+        names = sorted(t.control_means)
         np.savez_compressed(
             path,
             atoms=np.array(["+".join(sorted(a)) for a, _ in keys]),
             contexts=np.array([c for _, c in keys]),
             shifts=np.stack([self.shifts[k] for k in keys]),
+            sizes=np.array([self.sizes[k] for k in keys]),
+            transfer=np.array([t.bandwidth, t.specificity]),
+            control_contexts=np.array(names, dtype=str),
+            control_means=np.stack([t.control_means[c] for c in names]) if names else np.zeros((0, 0)),
         )
 
     @classmethod
     def load(cls, path) -> BaselinePrior:
         with np.load(path) as f:
+            keys = [(frozenset(a.split("+")), str(c)) for a, c in zip(f["atoms"], f["contexts"])]
+            if "transfer" not in f:  # saved before the context transfer existed
+                return cls(dict(zip(keys, f["shifts"])))
+            means = {str(c): m for c, m in zip(f["control_contexts"], f["control_means"])}
+            bandwidth, specificity = (float(x) for x in f["transfer"])
             return cls(
-                {
-                    (frozenset(a.split("+")), str(c)): v
-                    for a, c, v in zip(f["atoms"], f["contexts"], f["shifts"])
-                }
+                dict(zip(keys, f["shifts"])),
+                dict(zip(keys, f["sizes"].tolist())),
+                ContextTransfer(means, bandwidth, specificity),
             )

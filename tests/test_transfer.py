@@ -1,0 +1,83 @@
+"""Transfer of effects between contexts: closed-form weights and the cross-validated choice."""
+
+import numpy as np
+import pytest
+
+from perturbflow.models._prior import BaselinePrior
+from perturbflow.models._transfer import ContextTransfer, pooled_effects
+
+P, Q = frozenset(["P"]), frozenset(["Q"])
+
+
+def _line_of_contexts(n: int = 6, genes: int = 30, seed: int = 0):
+    """Contexts on a line in control space; the response of P changes smoothly along it."""
+    rng = np.random.default_rng(seed)
+    direction = rng.normal(size=genes)
+    means, shifts = {}, {}
+    for i in range(n):
+        pos = i / (n - 1)
+        means[f"c{i}"] = pos * direction
+        shifts[(P, f"c{i}")] = np.sin(3 * pos) * direction + 0.01 * rng.normal(size=genes)
+    return means, shifts
+
+
+def test_weights_match_the_kernel_formula():
+    means = {"a": np.zeros(2), "b": np.ones(2), "c": 2 * np.ones(2)}
+    t = ContextTransfer(means, bandwidth=0.5)
+    d = np.array([1.0, 4.0])  # mean squared distances of b and c from a
+    expected = np.exp(-d / (0.5 * np.median(d)))
+    assert np.allclose(t.weights("a", ["b", "c"]), expected / expected.sum())
+    assert np.allclose(ContextTransfer(means).weights("a", ["b", "c"]), [0.5, 0.5])  # inf: equal
+
+
+def test_plain_setting_is_the_mean_shift_of_other_contexts():
+    shifts = {(P, "a"): np.array([1.0, 0.0]), (P, "b"): np.array([3.0, 2.0]), (Q, "c"): np.array([9.0, 9.0])}
+    pooled = pooled_effects(shifts, {k: 1 for k in shifts})
+    assert np.allclose(ContextTransfer().transfer(P, "c", shifts, pooled), [2.0, 1.0])
+    assert ContextTransfer().transfer(frozenset(["R"]), "c", shifts, pooled) is None
+
+
+def test_specificity_blends_towards_the_pooled_effect():
+    shifts = {(P, "a"): np.array([2.0]), (Q, "a"): np.array([0.0]), (P, "b"): np.array([0.0])}
+    sizes = {(P, "a"): 1, (Q, "a"): 3, (P, "b"): 1}
+    pooled = pooled_effects({k: v for k, v in shifts.items() if k[1] != "b"}, sizes)
+    assert np.allclose(pooled["a"], [0.5])  # cell-weighted: (2*1 + 0*3) / 4
+    t = ContextTransfer(specificity=0.25)
+    assert np.allclose(t.transfer(P, "b", shifts, pooled), [0.25 * 2.0 + 0.75 * 0.5])
+
+
+def test_selection_prefers_similar_contexts_when_the_response_follows_them():
+    means, shifts = _line_of_contexts()
+    chosen, scores = ContextTransfer.select(shifts, {k: 10 for k in shifts}, means)
+    assert np.isfinite(chosen.bandwidth)
+    assert scores[(chosen.bandwidth, chosen.specificity)] < scores[(np.inf, 1.0)]
+
+
+def test_selection_keeps_the_plain_mean_shift_when_contexts_respond_alike():
+    rng = np.random.default_rng(1)
+    effect = rng.normal(size=30)
+    means = {f"c{i}": rng.normal(size=30) for i in range(5)}
+    shifts = {(P, c): effect for c in means}
+    chosen, _ = ContextTransfer.select(shifts, {k: 10 for k in shifts}, means)
+    assert (chosen.bandwidth, chosen.specificity) == (np.inf, 1.0)
+
+
+def test_one_context_keeps_the_plain_setting():
+    chosen, scores = ContextTransfer.select({(P, "a"): np.ones(3)}, {(P, "a"): 5}, {"a": np.zeros(3)})
+    assert scores == {} and np.isinf(chosen.bandwidth) and chosen.specificity == 1.0
+
+
+def test_prior_uses_the_transfer_and_survives_save_and_load(tmp_path):
+    means, shifts = _line_of_contexts()
+    transfer = ContextTransfer(means, bandwidth=0.1)
+    prior = BaselinePrior(shifts, {k: 10 for k in shifts}, transfer)
+    near = prior.prior(P, "c0")
+    # c0 is predicted mostly from its neighbour c1, not from the average of all contexts
+    assert np.linalg.norm(near - shifts[(P, "c1")]) < np.linalg.norm(near - np.mean([shifts[(P, f"c{i}")] for i in range(1, 6)], 0))
+    # a new context is described by its own control mean
+    new = prior.prior(P, "new", control_mean=means["c5"])
+    assert np.linalg.norm(new - shifts[(P, "c5")]) < np.linalg.norm(new - shifts[(P, "c0")])
+    prior.save(tmp_path / "p.npz")
+    loaded = BaselinePrior.load(tmp_path / "p.npz")
+    assert np.allclose(loaded.prior(P, "c0"), near)
+    assert loaded.transfer.bandwidth == pytest.approx(0.1)
