@@ -2,7 +2,8 @@
 
 Usage::
 
-    python benchmarks/report.py results/quality.csv   # prints markdown
+    python benchmarks/report.py results/quality.csv             # per-task tables, markdown
+    python benchmarks/report.py results/backbones.csv --summary # one row per task and backbone
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import sys
 import pandas as pd
 
 COLUMNS = ["pearson_delta", "pearson_delta_top20", "mse_top20", "energy_distance", "mmd",
-           "discrimination_l1", "de_overlap"]
+           "discrimination_l1", "de_overlap", "nb_loglik"]
+BASELINES = ["control", "train_mean", "context_mean", "mean_shift", "additive", "linear"]
 TIMING = ["train_s", "predict_s", "cells_per_s", "backbone_params"]
 
 
@@ -36,10 +38,39 @@ def main(path: str) -> None:
         model = part[part["model"] == "perturbflow"].iloc[0]
         print(f"### {task} — backbone `{backbone}`\n")
         if "train_s" in part:
+            extra = ""
+            if "correction_scale" in part:
+                extra = (f", flow correction kept {model['correction_scale']:.2f}, context transfer "
+                         f"bandwidth {model['transfer_bandwidth']} / specificity {model['transfer_specificity']}")
             print(f"train {model['train_s']:.0f} s, predict {model['cells_per_s']:.0f} cells/s, "
-                  f"velocity network {int(model['backbone_params']):,} parameters\n")
+                  f"velocity network {int(model['backbone_params']):,} parameters{extra}\n")
         print(to_markdown(part[["model", "n_groups", *[c for c in COLUMNS if c in part]]]) + "\n")
 
 
+def summary(path: str) -> None:
+    """One row per (task, backbone): cost, and the headline metrics beside the baselines."""
+    df = pd.read_csv(path)
+    print(f"Command: `{df['command'].iloc[0]}`\n")
+    rows = []
+    for (task, backbone), part in df.groupby(["task", "backbone"], sort=False):
+        by = part.set_index("model")
+        base = by.loc[[b for b in BASELINES if b in by.index and b != "control"]]
+        best = base["pearson_delta_top20"].idxmax()
+        m = by.loc["perturbflow"]
+        rows.append({
+            "task": task, "backbone": backbone, "params": f"{int(m['backbone_params']):,}",
+            "train_s": f"{m['train_s']:.0f}", "predict_cells_per_s": f"{m['cells_per_s']:.0f}",
+            "pearson_top20": f"{m['pearson_delta_top20']:.3f}",
+            "train_mean_top20": f"{by.loc['train_mean', 'pearson_delta_top20']:.3f}",
+            "best_baseline_top20": f"{best} {base.loc[best, 'pearson_delta_top20']:.3f}",
+            "energy": f"{m['energy_distance']:.3f}",
+            "best_baseline_energy": f"{base['energy_distance'].min():.3f}",
+        })
+    print(to_markdown(pd.DataFrame(rows)))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if "--summary" in sys.argv:
+        summary(sys.argv[1])
+    else:
+        main(sys.argv[1])

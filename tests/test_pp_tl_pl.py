@@ -149,6 +149,19 @@ def test_evaluate_writes_table(prediction, synthetic_adata):
     assert prediction.uns["perturbflow_evaluation"]["table"].equals(table)
 
 
+def test_evaluate_scores_expected_counts_unless_told(prediction, synthetic_adata):
+    kw = dict(baselines=[], noise_ceiling=False, copy=True)
+    expected = pf.tl.evaluate(prediction, synthetic_adata, **kw)
+    sampled = pf.tl.evaluate(prediction, synthetic_adata, pred_layer=None, **kw)
+    as_x = prediction.copy()
+    as_x.X = as_x.layers.pop("expected")
+    pd.testing.assert_frame_equal(expected, pf.tl.evaluate(as_x, synthetic_adata, **kw))  # falls back to X
+    assert not np.allclose(expected["mse_top20"], sampled["mse_top20"])
+    assert np.isfinite(expected["nb_loglik"]).all()
+    with pytest.raises(PerturbFlowError, match="layer 'nope' not found"):
+        pf.tl.evaluate(prediction, synthetic_adata, pred_layer="nope", **kw)
+
+
 # ---------------------------------------------------------------------- pl
 def test_pl_metrics_png(prediction, synthetic_adata, tmp_path):
     pf.tl.evaluate(prediction, synthetic_adata, baselines=["control", "additive"], noise_ceiling=False)

@@ -112,6 +112,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         control_value=args.control,
         context_keys=args.context_key,
         real_layer=args.layer,
+        pred_layer=None if args.pred_layer == "X" else args.pred_layer,
         baselines=args.baselines,
         copy=True,
     )
@@ -218,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", required=True, help="label of control cells in the real data")
     p.add_argument("--context-key", action="append", default=None, help="obs column defining a context")
     p.add_argument("--layer", default=None, help="layer of the real data holding counts (default: X or 'counts')")
+    p.add_argument(
+        "--pred-layer",
+        default="expected",
+        help="layer of the prediction to score: 'expected' (default, X when absent) or X (the sampled counts)",
+    )
     p.add_argument(
         "--baselines", nargs="*", default=None, help="baselines to score beside (default: control train_mean additive)"
     )

@@ -60,14 +60,14 @@ class PerturbFlowConfig:
     n_layers: int = 1
     dropout_rate: float = 0.1
     gene_likelihood: Literal["nb", "zinb"] = "nb"
-    vae_max_steps: int = 3000
+    vae_max_steps: int = 2000
     n_embed: int = 64
     atom_pooling: Literal["mean", "sum"] = "mean"
     set_size: int = 32
     coupling: Literal["ot", "random"] = "ot"
     flow_batch_size: int = 8
     flow_steps_per_epoch: int = 50
-    flow_max_epochs: int = 60
+    flow_max_epochs: int = 40
     flow_lr: float = 1e-3
     ema_decay: float = 0.995
     residual_prior: bool = True

@@ -163,7 +163,7 @@ class PerturbFlow:
         ----------
         max_epochs
             Epochs of both stages; ``None`` picks them from the data size (the VAE follows
-            scvi-tools' heuristic, the flow trains for about 3000 steps).
+            scvi-tools' heuristic, the flow trains for about 2000 steps).
         accelerator, devices
             Passed to the Lightning trainers (GPU and multi-GPU come from Lightning).
         flow_max_epochs

@@ -46,6 +46,8 @@ class BaselinePrior:
         self.sizes = {k: int(sizes[k]) if sizes else 1 for k in self.shifts}
         self.transfer = transfer or ContextTransfer()
         self.n_latent = len(next(iter(self.shifts.values())))
+        # the transfer reads only *other* contexts, which never hold the group left out
+        self.pooled = pooled_effects(self.shifts, self.sizes)
 
     def _mean(self, keys) -> np.ndarray | None:
         vals = [self.shifts[k] for k in keys]
@@ -62,8 +64,7 @@ class BaselinePrior:
         singles_here = [(frozenset([a]), context) for a in atoms]
         if len(atoms) > 1 and all(k in self.shifts for k in singles_here):
             return np.sum([self.shifts[k] for k in singles_here], axis=0)  # additive
-        rest = {k: self.shifts[k] for k in keys}
-        moved = self.transfer.transfer(atoms, context, rest, pooled_effects(rest, self.sizes), control_mean)
+        moved = self.transfer.transfer(atoms, context, self.shifts, self.pooled, control_mean)
         if moved is not None:
             return moved.astype(np.float32)  # the effect in the other contexts, similar ones first
         context_mean = self._mean([k for k in keys if k[1] == context])

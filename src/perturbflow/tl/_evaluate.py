@@ -45,6 +45,7 @@ def evaluate(
     control_value: str | None = None,
     context_keys: str | Sequence[str] | None = None,
     real_layer: str | None = None,
+    pred_layer: str | None = "expected",
     baselines: Sequence[str] | None = None,
     noise_ceiling: bool = True,
     n_de_genes: int = 20,
@@ -76,6 +77,12 @@ def evaluate(
     real_layer
         Layer of ``adata_real`` holding counts (default: ``X`` if it holds counts, else
         ``counts``).
+    pred_layer
+        Layer of ``adata_pred`` scored. The default ``"expected"`` scores perturbflow's
+        expected counts (each source cell moved by the predicted change), the same kind of
+        prediction the baselines make, so the comparison is like for like; ``X`` is scored
+        when the prediction has no such layer. ``None`` scores ``X`` (perturbflow's sampled
+        integer counts, which add rounding noise to every cell).
     baselines
         Names of baselines to score beside the prediction (see
         :func:`perturbflow.metrics.list_baselines`); ``None`` gives control, train_mean and
@@ -106,6 +113,10 @@ def evaluate(
         context_keys = [k for k in info.get("context_keys", []) if k in adata_real.obs.columns]
     context_keys = as_key_list(context_keys)
     real_layer = _counts_layer(adata_real, real_layer)
+    if pred_layer is not None and pred_layer not in adata_pred.layers:
+        if pred_layer != "expected":
+            raise PerturbFlowError(f"layer {pred_layer!r} not found in the predicted AnnData")
+        pred_layer = None
     baselines = DEFAULT_BASELINES if baselines is None else baselines
     for key in [perturbation_key, *context_keys]:
         for which, a in (("predicted", adata_pred), ("real", adata_real)):
@@ -135,7 +146,7 @@ def evaluate(
         n_de_genes=n_de_genes,
         seed=seed,
     )
-    tables = [evaluate_predictions(adata_pred, scored, **kwargs).assign(model=MODEL_NAME)]
+    tables = [evaluate_predictions(adata_pred, scored, pred_layer=pred_layer, **kwargs).assign(model=MODEL_NAME)]
 
     train = adata_real[~held_out]
     controls = scored[scored.obs_names.isin(adata_real.obs_names[is_control])]
@@ -171,6 +182,7 @@ def evaluate(
                 "context_keys": list(context_keys),
                 "baselines": list(baselines),
                 "n_de_genes": n_de_genes,
+                "pred_layer": pred_layer or "X",
                 "seed": seed,
             },
         }
