@@ -427,16 +427,20 @@ class PerturbFlow:
         S = self.config.set_size
         z_pred, src_rows, labels, paths = [], [], [], []
         z_base, gene_shift, shift_of_rows = [], [], []
-        control_means: dict[str, np.ndarray] = {}  # each context described by its own control cells
+        described: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
         from rich.progress import track
 
         for label, atom_set, atom_ids in track(requested, description="predicting", disable=len(requested) < 3):
             rows = np.arange(control_adata.n_obs) if n_cells is None else rng.choice(control_adata.n_obs, n_cells)
             for c in pd.unique(contexts[rows]):
                 rows_c = rows[contexts[rows] == c]
-                ctrl_c = np.flatnonzero(contexts == c)
-                stats = context_statistics(torch.from_numpy(z0_all[ctrl_c]))
-                ctrl_mean = control_means.setdefault(c, np.asarray(log_normalize_rows(counts[ctrl_c]).mean(0)).ravel())
+                if c not in described:  # each context by its own control cells, latent and genes
+                    ctrl_c = np.flatnonzero(contexts == c)
+                    described[c] = (
+                        context_statistics(torch.from_numpy(z0_all[ctrl_c])),
+                        np.asarray(log_normalize_rows(counts[ctrl_c]).mean(0)).ravel(),
+                    )
+                stats, ctrl_mean = described[c]
                 prior = self.prior.prior(atom_set, c, ctrl_mean)
                 if self.config.residual_prior:
                     gene_shift.append(self.gene_prior.prior(atom_set, c, ctrl_mean))
