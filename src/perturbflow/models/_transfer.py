@@ -101,17 +101,17 @@ class ContextTransfer:
         contexts = sorted({c for _, c in shifts})
         if len(contexts) < 2:
             return cls(control_means), {}
+        folds = []  # (the held context's groups, the other contexts' shifts and pooled effects)
+        for held in contexts:
+            rest = {k: v for k, v in shifts.items() if k[1] != held}
+            folds.append(([(k, v) for k, v in shifts.items() if k[1] == held], rest, pooled_effects(rest, sizes)))
         scores: dict[tuple[float, float], float] = {}
         for h in BANDWIDTHS:
             for a in SPECIFICITIES:
                 candidate = cls(control_means, h, a)
                 errors = []
-                for held in contexts:
-                    rest = {k: v for k, v in shifts.items() if k[1] != held}
-                    pooled = pooled_effects(rest, sizes)
-                    for (atoms, c), true in shifts.items():
-                        if c != held:
-                            continue
+                for held_groups, rest, pooled in folds:
+                    for (atoms, c), true in held_groups:
                         pred = candidate.transfer(atoms, c, rest, pooled)
                         if pred is not None:
                             errors.append(np.mean((pred - true) ** 2))
