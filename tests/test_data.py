@@ -136,3 +136,28 @@ def test_synthetic_is_seeded_and_well_formed():
     assert set(a.obs.loc[a.obs["split"] == "test", "perturbation"]) == set(truth["heldout_combos"])
     for combo in truth["heldout_combos"]:  # singles of held-out combos stay in training
         assert set(combo.split("+")) <= set(a.obs.loc[a.obs["split"] == "train", "perturbation"])
+
+
+def test_ot_sets_pair_cells_closer_than_random_or_small_batch_ot():
+    from perturbflow.data import Group, PairedSetDataset
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(400, 20)).astype(np.float32)
+    z[200:] += 0.5  # perturbed cells: the controls shifted
+    group = Group("p", 0, np.array([1]), np.arange(200, 400), np.arange(200), np.zeros(20))
+    stats = np.zeros((1, 40))
+
+    def mean_sq_pair_distance(dataset):
+        items = [dataset[i] for i in range(100)]
+        assert all(it["x_0"].shape == (32, 20) for it in items)
+        return float(np.mean([((it["x_1"] - it["x_0"]) ** 2).sum(-1).mean() for it in items]))
+
+    ot = mean_sq_pair_distance(PairedSetDataset(z, [group], stats, 32, coupling="ot"))
+    random = mean_sq_pair_distance(PairedSetDataset(z, [group], stats, 32, coupling="random"))
+    small_batch = np.mean([
+        ((z[t][ot_pairing(z[s], z[t])] - z[s]) ** 2).sum(-1).mean()
+        for s, t in (
+            (rng.choice(200, 32), rng.choice(np.arange(200, 400), 32)) for _ in range(100)
+        )
+    ])
+    assert ot < small_batch < random

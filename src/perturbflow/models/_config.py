@@ -29,8 +29,9 @@ class PerturbFlowConfig:
     set_size
         Control cells moved together (the cells of a set for the set-transformer).
     coupling
-        How sources and targets are paired within a set: ``"ot"`` (minibatch optimal
-        transport) or ``"random"``.
+        How the flow's training pairs control and perturbed cells: ``"ot"`` (pairs drawn
+        from an exact optimal-transport plan between up to 256 cells of each side of the
+        whole group) or ``"random"``.
     flow_batch_size
         Sets per training step of the flow.
     flow_steps_per_epoch

@@ -45,6 +45,7 @@ VAE_DIR = "vae"
 LATENT_PRIOR_FILE = "latent_shifts.npz"
 GENE_PRIOR_FILE = "gene_shifts.npz"
 DECODE_CHUNK = 2048
+TRANSPORT_SETS = 64  # sets of control cells moved in one forward pass
 
 
 def _package_version() -> str:
@@ -424,7 +425,6 @@ class PerturbFlow:
 
         n_steps = n_steps or self.config.n_steps
         solver = solver or self.config.solver
-        S = self.config.set_size
         z_pred, src_rows, labels, paths = [], [], [], []
         z_base, gene_shift, shift_of_rows = [], [], []
         described: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
@@ -444,18 +444,16 @@ class PerturbFlow:
                 prior = self.prior.prior(atom_set, c, ctrl_mean)
                 if self.config.residual_prior:
                     gene_shift.append(self.gene_prior.prior(atom_set, c, ctrl_mean))
-                for start in range(0, len(rows_c), S * 64):
-                    chunk = rows_c[start : start + S * 64]
-                    out = self._transport(
-                        z0_all[chunk], atom_ids, stats, torch.from_numpy(prior), n_steps, solver, return_path
-                    )
-                    base = z0_all[chunk] + prior if self.config.residual_prior else z0_all[chunk]
-                    z_pred.append(base + self.correction_scale * (out[0] - base))
-                    z_base.append(base)
-                    shift_of_rows.append(np.full(len(chunk), len(gene_shift) - 1))
-                    paths.append(out[1])
-                    src_rows.append(chunk)
-                    labels += [label] * len(chunk)
+                end, path = self._transport(
+                    z0_all[rows_c], atom_ids, stats, torch.from_numpy(prior), n_steps, solver, return_path
+                )
+                base = z0_all[rows_c] + prior if self.config.residual_prior else z0_all[rows_c]
+                z_pred.append(base + self.correction_scale * (end - base))
+                z_base.append(base)
+                shift_of_rows.append(np.full(len(rows_c), len(gene_shift) - 1))
+                paths.append(path)
+                src_rows.append(rows_c)
+                labels += [label] * len(rows_c)
         z_pred = np.concatenate(z_pred)
         src_rows = np.concatenate(src_rows)
         if self.config.decode == "delta":
@@ -499,7 +497,9 @@ class PerturbFlow:
         n, D = z0.shape
         n_full = (n // S) * S
         outs, paths = [], []
-        for part in (z0[:n_full].reshape(-1, S, D), z0[n_full:].reshape(1, -1, D)):
+        step = S * TRANSPORT_SETS
+        full_sets = [z0[i : min(i + step, n_full)].reshape(-1, S, D) for i in range(0, n_full, step)]
+        for part in [*full_sets, z0[n_full:].reshape(1, -1, D)]:
             if part.shape[0] == 0 or part.shape[1] == 0:
                 continue
             B = part.shape[0]

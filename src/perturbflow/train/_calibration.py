@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
@@ -17,12 +18,28 @@ Transport = Callable[[np.ndarray, list[int], int, np.ndarray], np.ndarray]
 
 
 def calibration_split(groups: list[Group], seed: int) -> list[Group]:
-    """A fifth of the training groups (at least one, none when fewer than 5) held out for calibration."""
+    """Training groups held out of the flow's fit to calibrate it: up to a fifth of them.
+
+    Only groups like the ones a trained model can be asked for are held out: every atom of a
+    held-out group stays in some group that is fitted (a combination whose atoms were each
+    measured, a perturbation measured in another context), because prediction refuses
+    unseen atoms. Groups are drawn in random order; none are held out when there are fewer
+    than 5 groups or no group qualifies.
+    """
     if len(groups) < 5:
         return []
     rng = np.random.default_rng(seed)
     n = max(1, len(groups) // 5)
-    return [groups[i] for i in sorted(rng.choice(len(groups), n, replace=False))]
+    fitted = Counter(int(a) for g in groups for a in set(g.atom_ids.tolist()))
+    held = []
+    for i in rng.permutation(len(groups)):
+        atoms = {int(a) for a in groups[i].atom_ids}
+        if all(fitted[a] > 1 for a in atoms):
+            held.append(int(i))
+            fitted.subtract(atoms)
+            if len(held) == n:
+                break
+    return [groups[i] for i in sorted(held)]
 
 
 def choose_correction_scale(transport: Transport, groups: list[Group], z_all: np.ndarray, seed: int) -> float:
