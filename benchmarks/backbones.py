@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts
-from quality import main  # noqa: E402
+from quality import main
 
-from perturbflow.backbones import list_backbones  # noqa: E402
+from perturbflow.backbones import list_backbones
 
 if __name__ == "__main__":
     main(tasks=("norman", "kang"), backbones=tuple(list_backbones()), out_name="backbones.csv", doc=__doc__)

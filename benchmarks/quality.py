@@ -17,10 +17,10 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts
-from tasks import DEFAULT_DATA_DIR, TASKS  # noqa: E402
+from tasks import DEFAULT_DATA_DIR, TASKS
 
-import perturbflow as pf  # noqa: E402
-from perturbflow.metrics import summarize  # noqa: E402
+import perturbflow as pf
+from perturbflow.metrics import summarize
 
 BASELINES = ["control", "train_mean", "context_mean", "mean_shift", "additive", "linear"]
 HEADLINE = ["pearson_delta", "pearson_delta_top20", "mse_top20", "energy_distance", "mmd",

@@ -23,10 +23,10 @@ import scvi
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tasks import DEFAULT_DATA_DIR, TASKS  # noqa: E402
+from tasks import DEFAULT_DATA_DIR, TASKS
 
-import perturbflow as pf  # noqa: E402
-from perturbflow.nn._vae import default_vae_epochs  # noqa: E402
+import perturbflow as pf
+from perturbflow.nn._vae import default_vae_epochs
 
 
 def peak_rss_mib() -> float:

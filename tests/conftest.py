@@ -6,10 +6,10 @@ import os
 
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")  # before scanpy imports numba: its threads would raise torch's count
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import anndata as ad  # noqa: E402
-import numpy as np  # noqa: E402
+import anndata as ad
+import numpy as np
 import pytest
 import torch
 from threadpoolctl import threadpool_limits

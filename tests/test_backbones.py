@@ -7,7 +7,12 @@ import torch
 from torch import nn
 
 from perturbflow._errors import PerturbFlowError
-from perturbflow.backbones import build_backbone, get_backbone, list_backbones, register_backbone
+from perturbflow.backbones import (
+    build_backbone,
+    get_backbone,
+    list_backbones,
+    register_backbone,
+)
 from perturbflow.backbones._registry import _BACKBONES
 from perturbflow.backbones.ssm import BidirectionalS4D
 

@@ -3,7 +3,11 @@
 import numpy as np
 
 from perturbflow.data import Group
-from perturbflow.train import CORRECTION_SCALES, calibration_split, choose_correction_scale
+from perturbflow.train import (
+    CORRECTION_SCALES,
+    calibration_split,
+    choose_correction_scale,
+)
 
 
 def _group(label: str, atoms: list[int], context: int = 0) -> Group:

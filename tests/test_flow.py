@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
-from perturbflow.flow import integrate, interpolate, rectified_flow_loss, target_velocity
+from perturbflow.flow import (
+    integrate,
+    interpolate,
+    rectified_flow_loss,
+    target_velocity,
+)
 
 
 def test_path_closed_form():

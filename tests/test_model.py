@@ -87,3 +87,19 @@ def test_unknown_backbone_and_argument(synthetic_adata):
 def test_not_set_up():
     with pytest.raises(PerturbFlowError, match="not set up"):
         pf.PerturbFlow(pf.datasets.synthetic(n_genes=20, n_atoms=3, n_combos=2, n_cells_per_group=5, n_control_cells=10))
+
+
+def test_no_flow_correction_in_a_context_new_to_the_flow(trained_model, controls):
+    def expected(scale, flow_contexts):
+        saved = trained_model.correction_scale, trained_model.flow_contexts
+        trained_model.correction_scale, trained_model.flow_contexts = scale, flow_contexts
+        try:
+            return trained_model.predict(controls, perturbations=["G0"], seed=0).layers["expected"]
+        finally:
+            trained_model.correction_scale, trained_model.flow_contexts = saved
+
+    fitted = list(trained_model.flow_contexts)
+    assert fitted, "the synthetic data has perturbed cells in its contexts"
+    corrected, baseline = expected(1.0, fitted), expected(0.0, fitted)
+    assert not np.allclose(corrected, baseline)
+    assert np.allclose(expected(1.0, []), baseline)  # every context new to the flow: the baseline

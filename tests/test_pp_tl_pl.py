@@ -6,14 +6,14 @@ import anndata as ad
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.image as mpimg  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
+import matplotlib.image as mpimg
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
 
-import perturbflow as pf  # noqa: E402
-from perturbflow import PerturbFlowError  # noqa: E402
+import perturbflow as pf
+from perturbflow import PerturbFlowError
 
 
 def assert_png_not_blank(path) -> None:

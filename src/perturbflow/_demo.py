@@ -8,7 +8,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def run_demo(out: str | Path, backbone: str = "mlp", seed: int = 0, max_epochs: int | None = None) -> None:

@@ -14,6 +14,6 @@ __all__ = [
     "sample_time",
     "target_velocity",
 ]
-from perturbflow.flow._module import LatentFlowModule  # noqa: E402
+from perturbflow.flow._module import LatentFlowModule
 
 __all__ += ["LatentFlowModule"]

@@ -29,7 +29,12 @@ from perturbflow.metrics._expression import (
     log_normalize_rows,
     row_totals,
 )
-from perturbflow.metrics._groups import as_key_list, cell_contexts, check_obs_key, group_codes
+from perturbflow.metrics._groups import (
+    as_key_list,
+    cell_contexts,
+    check_obs_key,
+    group_codes,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,17 @@ from perturbflow.metrics._groups import (
     check_obs_key,
     group_codes,
 )
-from perturbflow.metrics._likelihood import DISPERSION_KEY, nb_log_likelihood, predicted_profile
-from perturbflow.metrics._metrics import discrimination_score_l1, mae, mse, pearson_delta
+from perturbflow.metrics._likelihood import (
+    DISPERSION_KEY,
+    nb_log_likelihood,
+    predicted_profile,
+)
+from perturbflow.metrics._metrics import (
+    discrimination_score_l1,
+    mae,
+    mse,
+    pearson_delta,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,12 @@ from perturbflow.models._config import PerturbFlowConfig
 from perturbflow.models._prior import BaselinePrior
 from perturbflow.models._transfer import ContextTransfer
 from perturbflow.nn import CountVAE, context_statistics
-from perturbflow.train import build_flow, calibration_split, choose_correction_scale, fit_flow
+from perturbflow.train import (
+    build_flow,
+    calibration_split,
+    choose_correction_scale,
+    fit_flow,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +110,7 @@ class PerturbFlow:
         self.atoms = sorted({a for s, m in zip(atoms, fit_mask) if m for a in s})
         self.contexts = sorted(set(context_labels(adata, self.registry.context_keys)[fit_mask]))
         self.context_stats: dict[str, list[float]] = {}
+        self.flow_contexts: list[str] = []  # contexts with perturbed cells in the flow's fit
 
     # ------------------------------------------------------------------ setup
     @classmethod
@@ -262,6 +268,9 @@ class PerturbFlow:
         if self.config.residual_prior:
             calibration = val_groups or calibration_split(train_groups, seed)
         fitting = [g for g in train_groups if all(g is not c for c in calibration)] or train_groups
+        # the flow's correction is calibrated only in contexts whose perturbed cells it saw
+        names = list(ctx_index)
+        self.flow_contexts = sorted({names[g.context] for g in fitting})
         self.flow = fit_flow(self.config, len(self.atoms), fitting, val_groups, **fit)
         if calibration:
 
@@ -273,6 +282,16 @@ class PerturbFlow:
             logger.info("correction scale chosen on %d held-out groups: %.2f", len(calibration), self.correction_scale)
         self.flow = self.flow.cpu().eval()
         self.is_trained = True
+
+    def correction_scale_in(self, context: str) -> float:
+        """The fraction of the flow's correction applied in ``context``.
+
+        The calibrated ``correction_scale`` where the flow was fitted on perturbed cells of
+        the context; 0 in a context new to the flow (a new cell type or line), where the
+        held-out groups of the calibration say nothing about how the correction carries
+        over, so the prediction is the context transfer's.
+        """
+        return self.correction_scale if context in self.flow_contexts else 0.0
 
     def _gene_shifts(self, cells: dict, control_mask: np.ndarray, contexts: np.ndarray) -> tuple[dict, dict]:
         """Mean log-normalised shifts of the training groups against their context's controls,
@@ -448,7 +467,7 @@ class PerturbFlow:
                     z0_all[rows_c], atom_ids, stats, torch.from_numpy(prior), n_steps, solver, return_path
                 )
                 base = z0_all[rows_c] + prior if self.config.residual_prior else z0_all[rows_c]
-                z_pred.append(base + self.correction_scale * (end - base))
+                z_pred.append(base + self.correction_scale_in(c) * (end - base))
                 z_base.append(base)
                 shift_of_rows.append(np.full(len(rows_c), len(gene_shift) - 1))
                 paths.append(path)
@@ -541,6 +560,7 @@ class PerturbFlow:
             "contexts": self.contexts,
             "context_stats": self.context_stats,
             "correction_scale": self.correction_scale,
+            "flow_contexts": self.flow_contexts,
         }
         self.prior.save(path / LATENT_PRIOR_FILE)
         self.gene_prior.save(path / GENE_PRIOR_FILE)
@@ -574,6 +594,7 @@ class PerturbFlow:
         model.contexts = meta["contexts"]
         model.context_stats = meta["context_stats"]
         model.correction_scale = meta["correction_scale"]
+        model.flow_contexts = meta.get("flow_contexts", list(model.context_stats))
         model.vae = CountVAE.load(path / VAE_DIR, model.genes)
         model.flow = build_flow(model.config, len(model.atoms))
         model.prior = BaselinePrior.load(path / LATENT_PRIOR_FILE)

@@ -1,6 +1,10 @@
 """Neural-network parts: the count VAE (on scvi-tools) and embeddings of time, perturbations and contexts."""
 
-from perturbflow.nn._conditioning import ContextEncoder, PerturbationEncoder, context_statistics
+from perturbflow.nn._conditioning import (
+    ContextEncoder,
+    PerturbationEncoder,
+    context_statistics,
+)
 from perturbflow.nn._time import TimeEmbedding
 from perturbflow.nn._vae import CountVAE
 
