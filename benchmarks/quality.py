@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a fol
 from tasks import DEFAULT_DATA_DIR, TASKS
 
 import perturbflow as pf
+from perturbflow.data import context_labels
 from perturbflow.metrics import summarize
 
 BASELINES = ["control", "train_mean", "context_mean", "mean_shift", "additive", "linear"]
@@ -38,6 +39,7 @@ def run_task(task, backbone: str, seed: int, config: dict) -> tuple[pd.DataFrame
     model.train(seed=seed, progress_bar=False)
     train_s = time.perf_counter() - start
     controls = task.controls()
+    held_out_contexts = context_labels(controls, task.context_keys)
     start = time.perf_counter()
     pred = model.predict(controls, perturbations=task.perturbations, seed=seed)
     predict_s = time.perf_counter() - start
@@ -50,6 +52,7 @@ def run_task(task, backbone: str, seed: int, config: dict) -> tuple[pd.DataFrame
     transfer = model.gene_prior.transfer
     return table, {"train_s": train_s, "predict_s": predict_s, "cells_per_s": pred.n_obs / predict_s,
                    "backbone_params": n_params, "correction_scale": model.correction_scale,
+                   "applied_correction_scale": min(model.correction_scale_in(c) for c in set(held_out_contexts)),
                    "transfer_bandwidth": transfer.bandwidth, "transfer_specificity": transfer.specificity}
 
 

@@ -40,8 +40,12 @@ def main(path: str) -> None:
         if "train_s" in part:
             extra = ""
             if "correction_scale" in part:
-                extra = (f", flow correction kept {model['correction_scale']:.2f}, context transfer "
-                         f"bandwidth {model['transfer_bandwidth']} / specificity {model['transfer_specificity']}")
+                applied = ""
+                if "applied_correction_scale" in part:
+                    applied = f" (applied in the held-out context: {model['applied_correction_scale']:.2f})"
+                extra = (f", flow correction calibrated {model['correction_scale']:.2f}{applied}, context "
+                         f"transfer bandwidth {model['transfer_bandwidth']} / specificity "
+                         f"{model['transfer_specificity']}")
             print(f"train {model['train_s']:.0f} s, predict {model['cells_per_s']:.0f} cells/s, "
                   f"velocity network {int(model['backbone_params']):,} parameters{extra}\n")
         print(to_markdown(part[["model", "n_groups", *[c for c in COLUMNS if c in part]]]) + "\n")

@@ -350,9 +350,13 @@ transfer = model.gene_prior.transfer
 print(f"bandwidth {transfer.bandwidth}, specificity {transfer.specificity}")
 """),
         md("""
-With this short training the flow's own correction is usually switched off by the
-calibration (see `model.correction_scale`); train with the defaults before drawing
-conclusions.
+The held-out cell type is new to the flow (it has no stimulated cells in training), so the
+prediction is this transfer alone: the flow's own correction is calibrated on held-out
+training groups of cell types the flow has seen, which say nothing about a new one, and
+is applied only there (`model.correction_scale_in(cell_type)`):
+"""),
+        code("""
+print(model.correction_scale, model.correction_scale_in(heldout_type))
 """),
     ]
 
