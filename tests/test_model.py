@@ -103,3 +103,14 @@ def test_no_flow_correction_in_a_context_new_to_the_flow(trained_model, controls
     corrected, baseline = expected(1.0, fitted), expected(0.0, fitted)
     assert not np.allclose(corrected, baseline)
     assert np.allclose(expected(1.0, []), baseline)  # every context new to the flow: the baseline
+
+
+def test_without_a_baseline_prior_the_flow_is_applied_in_every_context(trained_model):
+    saved = trained_model.config.residual_prior, trained_model.flow_contexts
+    try:
+        trained_model.flow_contexts = []
+        assert trained_model.correction_scale_in("a new cell type") == 0.0
+        trained_model.config.residual_prior = False  # the flow alone predicts: nothing to fall back to
+        assert trained_model.correction_scale_in("a new cell type") == trained_model.correction_scale
+    finally:
+        trained_model.config.residual_prior, trained_model.flow_contexts = saved

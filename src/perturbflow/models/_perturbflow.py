@@ -289,9 +289,12 @@ class PerturbFlow:
         The calibrated ``correction_scale`` where the flow was fitted on perturbed cells of
         the context; 0 in a context new to the flow (a new cell type or line), where the
         held-out groups of the calibration say nothing about how the correction carries
-        over, so the prediction is the context transfer's.
+        over, so the prediction is the context transfer's. Without a baseline prior
+        (``residual_prior=False``) the flow is the whole prediction and is always applied.
         """
-        return self.correction_scale if context in self.flow_contexts else 0.0
+        if not self.config.residual_prior or context in self.flow_contexts:
+            return self.correction_scale
+        return 0.0
 
     def _gene_shifts(self, cells: dict, control_mask: np.ndarray, contexts: np.ndarray) -> tuple[dict, dict]:
         """Mean log-normalised shifts of the training groups against their context's controls,
@@ -463,11 +466,14 @@ class PerturbFlow:
                 prior = self.prior.prior(atom_set, c, ctrl_mean)
                 if self.config.residual_prior:
                     gene_shift.append(self.gene_prior.prior(atom_set, c, ctrl_mean))
-                end, path = self._transport(
-                    z0_all[rows_c], atom_ids, stats, torch.from_numpy(prior), n_steps, solver, return_path
-                )
                 base = z0_all[rows_c] + prior if self.config.residual_prior else z0_all[rows_c]
-                z_pred.append(base + self.correction_scale_in(c) * (end - base))
+                scale = self.correction_scale_in(c)
+                end, path = base, None  # no flow to run where none of its correction is kept
+                if scale or return_path:
+                    end, path = self._transport(
+                        z0_all[rows_c], atom_ids, stats, torch.from_numpy(prior), n_steps, solver, return_path
+                    )
+                z_pred.append(base + scale * (end - base))
                 z_base.append(base)
                 shift_of_rows.append(np.full(len(rows_c), len(gene_shift) - 1))
                 paths.append(path)
