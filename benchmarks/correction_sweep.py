@@ -30,10 +30,7 @@ from perturbflow.train import CORRECTION_SCALES
 
 def sweep(task, seed: int) -> pd.DataFrame:
     adata = task.adata
-    pf.PerturbFlow.setup_anndata(
-        adata, perturbation_key=task.perturbation_key, control_value=task.control_value,
-        layer="counts", context_keys=task.context_keys or None, split_key="split",
-    )
+    task.setup_model()
     model = pf.PerturbFlow(adata)
     model.train(seed=seed, progress_bar=False)
     chosen, fitted = model.correction_scale, model.flow_contexts

@@ -30,10 +30,7 @@ HEADLINE = ["pearson_delta", "pearson_delta_top20", "mse_top20", "energy_distanc
 
 def run_task(task, backbone: str, seed: int, config: dict) -> tuple[pd.DataFrame, dict]:
     adata = task.adata
-    pf.PerturbFlow.setup_anndata(
-        adata, perturbation_key=task.perturbation_key, control_value=task.control_value,
-        layer="counts", context_keys=task.context_keys or None, split_key="split",
-    )
+    task.setup_model()
     start = time.perf_counter()
     model = pf.PerturbFlow(adata, backbone=backbone, **config)
     model.train(seed=seed, progress_bar=False)

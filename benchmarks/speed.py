@@ -60,8 +60,7 @@ def main() -> None:
     vae.posterior_predictive_sample(ctrl, n_samples=1)
     scvi_cells_per_s = ctrl.n_obs / (time.perf_counter() - start)
 
-    pf.PerturbFlow.setup_anndata(adata, perturbation_key=task.perturbation_key, control_value=task.control_value,
-                                 layer="counts", context_keys=task.context_keys or None, split_key="split")
+    task.setup_model()
     model = pf.PerturbFlow(adata, backbone=args.backbone)
     start = time.perf_counter()
     model.train(progress_bar=False)

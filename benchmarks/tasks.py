@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import anndata as ad
@@ -25,7 +25,15 @@ class Task:
     perturbations: list[str]  # labels to predict
     predict_contexts: list[str]  # contexts whose control cells are moved
     baseline: str  # the baseline the task is about
-    setup: dict = field(default_factory=dict)
+
+    def setup_model(self) -> None:
+        """Register the task's file with perturbflow (counts layer, keys and split)."""
+        import perturbflow as pf
+
+        pf.PerturbFlow.setup_anndata(
+            self.adata, perturbation_key=self.perturbation_key, control_value=self.control_value,
+            layer="counts", context_keys=self.context_keys or None, split_key="split",
+        )
 
     def controls(self) -> ad.AnnData:
         obs = self.adata.obs

@@ -30,13 +30,13 @@ def calibration_split(groups: list[Group], seed: int) -> list[Group]:
         return []
     rng = np.random.default_rng(seed)
     n = max(1, len(groups) // 5)
-    fitted = Counter(int(a) for g in groups for a in set(g.atom_ids.tolist()))
+    atoms_of = [{int(a) for a in g.atom_ids} for g in groups]
+    fitted = Counter(a for atoms in atoms_of for a in atoms)  # groups holding each atom
     held = []
     for i in rng.permutation(len(groups)):
-        atoms = {int(a) for a in groups[i].atom_ids}
-        if all(fitted[a] > 1 for a in atoms):
+        if all(fitted[a] > 1 for a in atoms_of[i]):
             held.append(int(i))
-            fitted.subtract(atoms)
+            fitted.subtract(atoms_of[i])
             if len(held) == n:
                 break
     return [groups[i] for i in sorted(held)]
