@@ -24,7 +24,7 @@ from perturbflow.data import context_labels
 from perturbflow.metrics import summarize
 
 BASELINES = ["control", "train_mean", "context_mean", "mean_shift", "additive", "linear"]
-HEADLINE = ["pearson_delta", "pearson_delta_top20", "mse_top20", "energy_distance", "mmd",
+HEADLINE = ["pearson_delta", "pearson_delta_top20", "mse_top20", "energy_distance", "energy_floor", "mmd",
             "discrimination_l1", "de_overlap", "nb_loglik"]
 
 

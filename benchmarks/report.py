@@ -12,7 +12,7 @@ import sys
 
 import pandas as pd
 
-COLUMNS = ["pearson_delta", "pearson_delta_top20", "mse_top20", "energy_distance", "mmd",
+COLUMNS = ["pearson_delta", "pearson_delta_top20", "mse_top20", "energy_distance", "energy_floor", "mmd",
            "discrimination_l1", "de_overlap", "nb_loglik"]
 BASELINES = ["control", "train_mean", "context_mean", "mean_shift", "additive", "linear"]
 TIMING = ["train_s", "predict_s", "cells_per_s", "backbone_params"]

@@ -21,6 +21,7 @@ from perturbflow.metrics import (
     de_overlap,
     discrimination_score_l1,
     energy_distance,
+    energy_floor,
     evaluate_predictions,
     get_baseline,
     log_normalize,
@@ -175,6 +176,27 @@ def test_energy_distance_brute_force_and_scipy(monkeypatch: pytest.MonkeyPatch) 
     assert np.sqrt(energy_distance(u, v)) == pytest.approx(stats.energy_distance(u, v), rel=1e-10)
 
 
+def test_energy_floor_is_the_expected_energy_of_independent_samples() -> None:
+    # Two samples of one distribution: E[energy] = E|Y - Y'| (1/n + 1/m), not 0. For a
+    # standard 2-D Gaussian, Y - Y' ~ N(0, 2I) and E|Y - Y'| = sqrt(pi) (Rayleigh mean).
+    rng = np.random.default_rng(0)
+    n, m = 30, 20
+    closed_form = np.sqrt(np.pi) * (1 / n + 1 / m)
+    energies, floors = [], []
+    for _ in range(400):
+        X, Y = rng.normal(size=(n, 2)), rng.normal(size=(m, 2))
+        energies.append(energy_distance(X, Y))
+        floors.append(energy_floor(n, Y))
+    assert np.mean(energies) == pytest.approx(closed_form, rel=0.05)
+    assert np.mean(floors) == pytest.approx(closed_form, rel=0.02)  # unbiased estimate of it
+    # the floor is the mean distance over distinct pairs, times (1/n + 1/m)
+    Y = rng.normal(size=(7, 3))
+    distinct = np.mean([np.linalg.norm(a - b) for i, a in enumerate(Y) for j, b in enumerate(Y) if i != j])
+    assert energy_floor(5, Y) == pytest.approx(distinct * (1 / 5 + 1 / 7), rel=1e-10)
+    with pytest.raises(PerturbFlowError, match="energy floor"):
+        energy_floor(5, Y[:1])
+
+
 def test_mmd_rbf_brute_force() -> None:
     rng = np.random.default_rng(0)
     X, Y = rng.normal(size=(10, 2)), rng.normal(0.5, 1.0, size=(7, 2))
@@ -279,6 +301,7 @@ def test_evaluate_control_prediction_and_gene_order(small: ad.AnnData) -> None:
     # the prediction equals the real controls up to float32 rounding: no delta to correlate
     assert table["pearson_delta"].abs().max() < 0.2
     assert (table["energy_distance"] > 0.5).all()
+    assert (table["energy_floor"] > 0).all() and (table["energy_floor"] < table["energy_distance"]).all()
     perfect = evaluate_predictions(test, test, "perturbation", "control", "cell_type")
     assert (table["mse_top20"].to_numpy() > perfect["mse_top20"].to_numpy() + 0.1).all()
 

@@ -154,6 +154,7 @@ SUMMARY_COLUMNS = (
     "pearson_delta_top20",
     "mse_top20",
     "energy_distance",
+    "energy_floor",
     "mmd",
     "discrimination_l1",
 )

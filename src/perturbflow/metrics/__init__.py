@@ -12,7 +12,7 @@ from perturbflow.metrics._baselines import (
     register_baseline,
 )
 from perturbflow.metrics._de import de_overlap, rank_genes, top_de_genes
-from perturbflow.metrics._distances import energy_distance, mmd_rbf
+from perturbflow.metrics._distances import energy_distance, energy_floor, mmd_rbf
 from perturbflow.metrics._evaluate import evaluate_predictions, summarize
 from perturbflow.metrics._expression import log_normalize
 from perturbflow.metrics._linear import LinearBaseline
@@ -36,6 +36,7 @@ __all__ = [
     "de_overlap",
     "discrimination_score_l1",
     "energy_distance",
+    "energy_floor",
     "evaluate_predictions",
     "get_baseline",
     "list_baselines",

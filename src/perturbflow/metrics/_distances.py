@@ -69,6 +69,35 @@ def energy_distance(X: np.ndarray, Y: np.ndarray) -> float:
     return float(2.0 * xy - xx - yy)
 
 
+def energy_floor(n: int, Y: np.ndarray) -> float:
+    """Expected :func:`energy_distance` of a perfect prediction of ``n`` cells against ``Y``.
+
+    For independent samples of sizes ``n`` and ``m`` from one distribution whose points lie
+    ``δ = E|Y - Y'|`` apart on average, the V-statistic has expectation
+    ``E = δ (1/n + 1/m)``, not 0: the zero diagonal of each within-sample term makes it
+    small by ``δ/n`` and ``δ/m``. ``δ`` is estimated without bias by the mean distance over
+    the distinct pairs of ``Y``. A prediction whose energy distance is near this floor
+    cannot be told from new cells of the real distribution at these sample sizes.
+
+    Parameters
+    ----------
+    n
+        Cells of the prediction.
+    Y
+        The real cells, cells by features (at least 2).
+
+    Returns
+    -------
+    The floor ``δ (1/n + 1/m)``.
+    """
+    Y = _as_cells(Y, "Y")
+    m = Y.shape[0]
+    if n < 1 or m < 2:
+        raise PerturbFlowError(f"the energy floor needs n >= 1 predicted and m >= 2 real cells, got {n} and {m}")
+    delta = _mean_pairwise(Y, Y, "euclidean", _identity) * m / (m - 1)  # distinct pairs only
+    return float(delta * (1.0 / n + 1.0 / m))
+
+
 def median_sq_distance(Z: np.ndarray) -> float:
     """Median squared Euclidean distance between distinct points of ``Z``.
 

@@ -14,7 +14,7 @@ from sklearn.decomposition import PCA
 from perturbflow._errors import PerturbFlowError
 from perturbflow.data import get_counts, parse_perturbation
 from perturbflow.metrics._de import de_overlap, top_de_genes
-from perturbflow.metrics._distances import energy_distance, mmd_rbf
+from perturbflow.metrics._distances import energy_distance, energy_floor, mmd_rbf
 from perturbflow.metrics._expression import dense_rows, group_means, log_normalize_rows
 from perturbflow.metrics._groups import (
     as_key_list,
@@ -95,6 +95,7 @@ def _metric_columns(n_de_genes: int) -> list[str]:
         "discrimination_l1",
         "de_overlap",
         "energy_distance",
+        "energy_floor",
         "mmd",
         "nb_loglik",
     ]
@@ -127,6 +128,8 @@ def _score_group(
     if pca is not None:
         z_pred, z_real = pca.transform(pred_X), pca.transform(real_X)  # (n, n_pcs)
         out["energy_distance"] = energy_distance(z_pred, z_real)
+        if len(z_real) >= 2:  # what a perfect prediction of as many cells would score
+            out["energy_floor"] = energy_floor(len(z_pred), z_real)
         out["mmd"] = mmd_rbf(z_pred, z_real)
     return out
 
@@ -192,7 +195,9 @@ def evaluate_predictions(
     (all genes), ``pearson_delta_top{n}``, ``pearson_delta_systema`` (delta against the mean
     of all real perturbed cells of the context), ``mse_top{n}``, ``mae_top{n}`` (on mean
     profiles), ``discrimination_l1`` (among the perturbations of the context; perturbed genes
-    excluded), ``de_overlap``, ``energy_distance`` and ``mmd`` (RBF, biased MMD²), and ``nb_loglik``
+    excluded), ``de_overlap``, ``energy_distance``, ``energy_floor`` (the energy distance a
+    perfect prediction of as many cells would have in expectation, see
+    :func:`~perturbflow.metrics.energy_floor`), ``mmd`` (RBF, biased MMD²), and ``nb_loglik``
     (held-out NB log-likelihood of the real cells under the predicted profile, nats per cell;
     only for predictions with ``var['nb_dispersion']``, see
     :mod:`perturbflow.metrics._likelihood`; NaN otherwise). The DE-based
