@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts
-from tasks import DEFAULT_DATA_DIR, TASKS
+from tasks import DEFAULT_DATA_DIR, RESULTS_DIR, TASKS, save_results
 
 import perturbflow as pf
 from perturbflow.metrics import summarize
@@ -58,7 +58,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--out", type=Path,
-                        default=Path(__file__).resolve().parent / "results" / "correction_sweep.csv")
+                        default=RESULTS_DIR / "correction_sweep.csv")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -72,10 +72,7 @@ def main(argv=None) -> None:
             print(f"\n== {task.name}, seed {seed}")
             print(show.to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
     out = pd.concat(tables, ignore_index=True)
-    out.insert(0, "command", " ".join(["python", *sys.argv]))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    out.to_csv(args.out, index=False)
-    print(f"\nwrote {args.out}")
+    save_results(out, args.out)
 
 
 if __name__ == "__main__":

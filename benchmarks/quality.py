@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts
-from tasks import DEFAULT_DATA_DIR, TASKS
+from tasks import DEFAULT_DATA_DIR, RESULTS_DIR, TASKS, save_results
 
 import perturbflow as pf
 from perturbflow.data import context_labels
@@ -59,7 +59,7 @@ def main(argv=None, tasks=tuple(TASKS), backbones=("mlp",), out_name="quality.cs
     parser.add_argument("--backbones", nargs="+", default=list(backbones))
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / out_name)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / out_name)
     parser.add_argument("--config", nargs="*", default=[], help="PerturbFlowConfig overrides, KEY=VALUE")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the CI machine has 2 cores)")
     args = parser.parse_args(argv)
@@ -83,10 +83,7 @@ def main(argv=None, tasks=tuple(TASKS), backbones=("mlp",), out_name="quality.cs
                   f"transfer {timing['transfer_bandwidth']}/{timing['transfer_specificity']}")
             print(show.to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
     out = pd.concat(rows, ignore_index=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    out.insert(0, "command", " ".join(["python", *sys.argv]))
-    out.to_csv(args.out, index=False)
-    print(f"\nwrote {args.out}")
+    save_results(out, args.out)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import scvi
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tasks import DEFAULT_DATA_DIR, TASKS
+from tasks import DEFAULT_DATA_DIR, RESULTS_DIR, TASKS
 
 import perturbflow as pf
 from perturbflow.nn._vae import default_vae_epochs
@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--task", default="norman", choices=list(TASKS))
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--backbone", default="mlp")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "speed.csv")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "speed.csv")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the CI machine has 2 cores)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import anndata as ad
 import numpy as np
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NORMAN_HELDOUT = ["KLF1+MAP2K6", "KLF1+TGFBR2", "MAP2K3+SLC38A2", "MAP2K3+MAP2K6", "MAPK1+TGFBR2"]
 
 
@@ -89,3 +91,11 @@ TASKS = {
     "mcfaline": mcfaline_new_cell_line,
     "kang": kang_new_cell_type,
 }
+
+
+def save_results(table, path: Path) -> None:
+    """Write a results table as CSV, each row carrying the command that made it."""
+    table.insert(0, "command", " ".join(["python", *sys.argv]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    print(f"\nwrote {path}")

@@ -18,7 +18,6 @@ from anndata import AnnData
 from perturbflow._errors import PerturbFlowError
 from perturbflow.data import (
     DataRegistry,
-    Group,
     check_counts,
     context_labels,
     get_counts,
@@ -29,7 +28,7 @@ from perturbflow.data import (
     split_labels,
 )
 from perturbflow.flow import LatentFlowModule
-from perturbflow.metrics._expression import group_means, log_normalize_rows
+from perturbflow.metrics._expression import log_normalize_rows
 from perturbflow.metrics._likelihood import DISPERSION_KEY
 from perturbflow.models._config import PerturbFlowConfig
 from perturbflow.models._prior import BaselinePrior
@@ -37,9 +36,12 @@ from perturbflow.models._transfer import ContextTransfer
 from perturbflow.nn import CountVAE, context_statistics
 from perturbflow.train import (
     build_flow,
+    build_groups,
     calibration_split,
+    cells_by_group,
     choose_correction_scale,
     fit_flow,
+    gene_space_shifts,
 )
 
 logger = logging.getLogger(__name__)
@@ -209,53 +211,29 @@ class PerturbFlow:
         z_all[rows] = z
 
         is_control = np.array([len(a) == 0 for a in atoms])
-        self.context_stats = {}
-        for c in self.contexts:
-            ctrl = np.flatnonzero(fit_mask & is_control & (contexts == c))
-            if len(ctrl):
-                self.context_stats[c] = context_statistics(torch.from_numpy(z_all[ctrl])).tolist()
+        control_rows = {c: np.flatnonzero(fit_mask & is_control & (contexts == c)) for c in self.contexts}
+        control_rows = {c: r for c, r in control_rows.items() if len(r)}  # contexts the flow can start in
+        self.context_stats = {c: context_statistics(torch.from_numpy(z_all[r])).tolist() for c, r in control_rows.items()}
         atom_index = {a: i + 1 for i, a in enumerate(self.atoms)}
         ctx_index = {c: i for i, c in enumerate(self.context_stats)}
         stats = np.array([self.context_stats[c] for c in ctx_index], dtype=np.float32)
 
-        frame = pd.DataFrame({"atoms": [frozenset(a) for a in atoms], "context": contexts})
-        ctrl_means = {c: z_all[fit_mask & is_control & (contexts == c)].mean(0) for c in ctx_index}
-
-        def cells_of(part: str) -> dict[tuple[frozenset, str], np.ndarray]:
-            mask = (split == part) & ~is_control
-            out = {}
-            for (a, c), idx in frame[mask].groupby(["atoms", "context"]).indices.items():
-                if c not in ctx_index:
-                    logger.warning("context %s has no control cells; its perturbed cells are skipped", c)
-                elif all(x in atom_index for x in a):
-                    out[(a, c)] = np.flatnonzero(mask)[idx]
-            return out
-
-        train_cells, val_cells = cells_of("train"), cells_of("val")
+        train_cells, val_cells = (
+            cells_by_group(atoms, contexts, (split == part) & ~is_control, ctx_index, atom_index)
+            for part in ("train", "val")
+        )
         if not train_cells:
             raise PerturbFlowError("no perturbed training cells with control cells in the same context")
-        gene_shifts, control_means = self._gene_shifts(train_cells, fit_mask & is_control, contexts)
+        logx = log_normalize_rows(get_counts(adata, reg.layer))
+        gene_shifts, control_means = gene_space_shifts(logx, train_cells, fit_mask & is_control, contexts)
         sizes = {k: len(v) for k, v in train_cells.items()}
         transfer, self.transfer_scores = ContextTransfer.select(gene_shifts, sizes, control_means)
         self.gene_prior = BaselinePrior(gene_shifts, sizes, transfer)
-        self.prior = BaselinePrior(
-            {k: z_all[v].mean(0) - ctrl_means[k[1]] for k, v in train_cells.items()}, sizes, transfer
+        latent_shifts = {k: z_all[v].mean(0) - z_all[control_rows[k[1]]].mean(0) for k, v in train_cells.items()}
+        self.prior = BaselinePrior(latent_shifts, sizes, transfer)
+        train_groups, val_groups = (
+            build_groups(cells, self.prior, atom_index, ctx_index, control_rows) for cells in (train_cells, val_cells)
         )
-
-        def groups(cells: dict) -> list[Group]:
-            return [
-                Group(
-                    "+".join(sorted(a)),
-                    ctx_index[c],
-                    np.array([atom_index[x] for x in sorted(a)]),
-                    target,
-                    np.flatnonzero(fit_mask & is_control & (contexts == c)),
-                    self.prior.prior(a, c),
-                )
-                for (a, c), target in cells.items()
-            ]
-
-        train_groups, val_groups = groups(train_cells), groups(val_cells)
         logger.info("stage 2: latent flow on %d groups (%d validation)", len(train_groups), len(val_groups))
 
         fit = dict(z_all=z_all, stats=stats, max_epochs=flow_max_epochs or max_epochs, accelerator=accelerator,
@@ -295,21 +273,6 @@ class PerturbFlow:
         if not self.config.residual_prior or context in self.flow_contexts:
             return self.correction_scale
         return 0.0
-
-    def _gene_shifts(self, cells: dict, control_mask: np.ndarray, contexts: np.ndarray) -> tuple[dict, dict]:
-        """Mean log-normalised shifts of the training groups against their context's controls,
-        and the mean log-normalised expression of each context's control cells."""
-        logx = log_normalize_rows(get_counts(self.adata, self.registry.layer))
-        keys = list(cells)
-        codes = np.full(self.adata.n_obs, -1)
-        for i, k in enumerate(keys):
-            codes[cells[k]] = i
-        ctx_names = sorted(set(contexts[control_mask]))
-        ctrl_codes = np.where(control_mask, np.searchsorted(ctx_names, contexts), -1)
-        means = group_means(logx, codes, len(keys))
-        ctrl = group_means(logx, ctrl_codes, len(ctx_names))
-        shifts = {k: means[i] - ctrl[ctx_names.index(k[1])] for i, k in enumerate(keys)}
-        return shifts, dict(zip(ctx_names, ctrl))
 
     # ------------------------------------------------------------------ inputs
     def _check_trained(self) -> None:

@@ -1,4 +1,4 @@
-"""Training: the Lightning plan of the flow, its fitting on groups, and the calibration."""
+"""Training: the flow's groups of cells, its Lightning plan and fitting, and the calibration."""
 
 from perturbflow.train._calibration import (
     CORRECTION_SCALES,
@@ -6,13 +6,17 @@ from perturbflow.train._calibration import (
     choose_correction_scale,
 )
 from perturbflow.train._fit_flow import build_flow, fit_flow
+from perturbflow.train._groups import build_groups, cells_by_group, gene_space_shifts
 from perturbflow.train._plan import FlowTrainingPlan
 
 __all__ = [
     "CORRECTION_SCALES",
     "FlowTrainingPlan",
     "build_flow",
+    "build_groups",
     "calibration_split",
+    "cells_by_group",
     "choose_correction_scale",
     "fit_flow",
+    "gene_space_shifts",
 ]
