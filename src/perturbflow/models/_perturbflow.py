@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -17,12 +16,9 @@ from anndata import AnnData
 
 from perturbflow._errors import PerturbFlowError
 from perturbflow.data import (
-    DataRegistry,
-    check_counts,
     context_labels,
     get_counts,
     get_registry,
-    parse_perturbation,
     perturbation_atoms,
     setup_anndata,
     split_labels,
@@ -31,11 +27,12 @@ from perturbflow.flow import LatentFlowModule
 from perturbflow.metrics._expression import log_normalize_rows
 from perturbflow.metrics._likelihood import DISPERSION_KEY
 from perturbflow.models._config import PerturbFlowConfig
+from perturbflow.models._inputs import aligned_counts, control_cells, requested_perturbations
+from perturbflow.models._persistence import read_model, write_model
 from perturbflow.models._prior import BaselinePrior
 from perturbflow.models._transfer import ContextTransfer
 from perturbflow.nn import CountVAE, context_statistics
 from perturbflow.train import (
-    build_flow,
     build_groups,
     calibration_split,
     cells_by_group,
@@ -46,19 +43,7 @@ from perturbflow.train import (
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "perturbflow.json"
-FLOW_FILE = "flow.pt"
-VAE_DIR = "vae"
-LATENT_PRIOR_FILE = "latent_shifts.npz"
-GENE_PRIOR_FILE = "gene_shifts.npz"
-DECODE_CHUNK = 2048
 TRANSPORT_SETS = 64  # sets of control cells moved in one forward pass
-
-
-def _package_version() -> str:
-    from importlib.metadata import version
-
-    return version("perturbflow")
 
 
 class PerturbFlow:
@@ -279,62 +264,6 @@ class PerturbFlow:
         if not self.is_trained:
             raise PerturbFlowError("the model is not trained; call train() first")
 
-    def _aligned_counts(self, adata: AnnData):
-        """The counts of ``adata`` with genes in training order; errors name what is wrong."""
-        layer = self.registry.layer
-        if layer is not None and layer not in adata.layers:
-            if adata.X is None:
-                raise PerturbFlowError(f"layer {layer!r} (the model's counts) not found in AnnData")
-            logger.info("layer %r not found; using X as counts", layer)
-            layer = None
-        genes = adata.var_names.astype(str)
-        if list(genes) != self.genes:
-            missing = pd.Index(self.genes).difference(genes)
-            if len(missing) or len(genes) != len(self.genes):
-                extra = genes.difference(pd.Index(self.genes))
-                raise PerturbFlowError(
-                    f"genes differ from the model's: {len(missing)} of the model's {len(self.genes)} genes "
-                    f"missing (e.g. {list(missing[:3])}), {len(extra)} extra; subset to the training genes"
-                )
-            adata = adata[:, self.genes]
-        check_counts(adata, layer)
-        return get_counts(adata, layer)
-
-    def _parse_requested(self, perturbations: Sequence[str]) -> list[tuple[str, frozenset, list[int]]]:
-        if isinstance(perturbations, str):
-            perturbations = [perturbations]
-        if len(perturbations) == 0:
-            raise PerturbFlowError("no perturbations given")
-        index = {a: i + 1 for i, a in enumerate(self.atoms)}
-        out = []
-        for label in perturbations:
-            atoms = parse_perturbation(label, self.registry.control_value, self.registry.separator)
-            if not atoms:
-                raise PerturbFlowError(f"{label!r} is the control label, not a perturbation")
-            unknown = sorted(a for a in atoms if a not in index)
-            if unknown:
-                raise PerturbFlowError(
-                    f"unknown perturbation {label!r}: {', '.join(unknown)} never seen in training"
-                )
-            out.append((str(label), atoms, [index[a] for a in sorted(atoms)]))
-        return out
-
-    def _control_cells(self, adata: AnnData) -> AnnData:
-        key = self.registry.perturbation_key
-        if key in adata.obs.columns:
-            atoms = perturbation_atoms(adata, self.registry)
-            is_control = np.array([len(a) == 0 for a in atoms])
-            if not is_control.any():
-                raise PerturbFlowError(
-                    f"no control cells ({self.registry.control_value!r} in obs[{key!r}]) in the control AnnData"
-                )
-            if not is_control.all():
-                logger.info("using the %d control cells of %d given", int(is_control.sum()), adata.n_obs)
-                adata = adata[is_control]
-        if adata.n_obs == 0:
-            raise PerturbFlowError("the control AnnData has no cells")
-        return adata
-
     def get_latent_representation(self, adata: AnnData | None = None) -> np.ndarray:
         """Latent means ``E[z | x]`` of the cells of ``adata`` (the training data by default).
 
@@ -346,7 +275,7 @@ class PerturbFlow:
         adata = self.adata if adata is None else adata
         if adata is None:
             raise PerturbFlowError("pass adata: this model was loaded without training data")
-        counts = self._aligned_counts(adata)
+        counts = aligned_counts(adata, self.genes, self.registry.layer)
         return self.vae.latent(counts, np.arange(adata.n_obs))
 
     # ------------------------------------------------------------------ prediction
@@ -394,13 +323,13 @@ class PerturbFlow:
         ``source_cell``.
         """
         self._check_trained()
-        requested = self._parse_requested(perturbations)
-        control_adata = self._control_cells(control_adata)
+        requested = requested_perturbations(perturbations, self.atoms, self.registry)
+        control_adata = control_cells(control_adata, self.registry)
         reg = self.registry
         for key in reg.context_keys:
             if key not in control_adata.obs.columns:
                 raise PerturbFlowError(f"context key {key!r} not found in the control cells' obs")
-        counts = self._aligned_counts(control_adata)
+        counts = aligned_counts(control_adata, self.genes, reg.layer)
         contexts = context_labels(control_adata, reg.context_keys)
         rng = np.random.default_rng(seed)
         z0_all = self.vae.latent(counts, np.arange(control_adata.n_obs))
@@ -514,26 +443,7 @@ class PerturbFlow:
             Replace the files of an existing model folder.
         """
         self._check_trained()
-        path = Path(dir_path)
-        if path.exists() and any(path.iterdir()) and not overwrite:
-            raise PerturbFlowError(f"{path} already exists and is not empty; pass overwrite=True")
-        path.mkdir(parents=True, exist_ok=True)
-        self.vae.save(path / VAE_DIR)
-        torch.save(self.flow.state_dict(), path / FLOW_FILE)
-        meta = {
-            "perturbflow_version": _package_version(),
-            "config": self.config.to_dict(),
-            "registry": self.registry.to_dict(),
-            "genes": self.genes,
-            "atoms": self.atoms,
-            "contexts": self.contexts,
-            "context_stats": self.context_stats,
-            "correction_scale": self.correction_scale,
-            "flow_contexts": self.flow_contexts,
-        }
-        self.prior.save(path / LATENT_PRIOR_FILE)
-        self.gene_prior.save(path / GENE_PRIOR_FILE)
-        (path / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
+        write_model(self, Path(dir_path), overwrite)
 
     @classmethod
     def load(cls, dir_path: str | os.PathLike, adata: AnnData | None = None) -> PerturbFlow:
@@ -550,29 +460,9 @@ class PerturbFlow:
         -------
         The trained model.
         """
-        path = Path(dir_path)
-        if not (path / CONFIG_FILE).is_file():
-            what = "does not exist" if not path.exists() else f"is not a perturbflow model (no {CONFIG_FILE})"
-            raise PerturbFlowError(f"model folder {path} {what}")
-        meta = json.loads((path / CONFIG_FILE).read_text())
-        config = meta["config"]
-        model = cls(None, **config)
-        model.registry = DataRegistry.from_dict(meta["registry"])
-        model.genes = meta["genes"]
-        model.atoms = meta["atoms"]
-        model.contexts = meta["contexts"]
-        model.context_stats = meta["context_stats"]
-        model.correction_scale = meta["correction_scale"]
-        model.flow_contexts = meta.get("flow_contexts", list(model.context_stats))
-        model.vae = CountVAE.load(path / VAE_DIR, model.genes)
-        model.flow = build_flow(model.config, len(model.atoms))
-        model.prior = BaselinePrior.load(path / LATENT_PRIOR_FILE)
-        model.gene_prior = BaselinePrior.load(path / GENE_PRIOR_FILE)
-        model.flow.load_state_dict(torch.load(path / FLOW_FILE, map_location="cpu", weights_only=True))
-        model.flow.eval()
-        model.is_trained = True
+        model = read_model(cls, Path(dir_path))
         if adata is not None:
-            model._aligned_counts(adata)
+            aligned_counts(adata, model.genes, model.registry.layer)
             model.adata = adata
         return model
 
