@@ -55,7 +55,7 @@ def run_task(task, seed: int, config: PerturbFlowConfig) -> pd.DataFrame:
     adata = task.adata
     counts = adata.layers["counts"]
     train = np.flatnonzero(adata.obs["split"].to_numpy() == "train")
-    vae = CountVAE.fit(counts, train, adata.var_names.astype(str).tolist(), config, progress_bar=False)
+    vae = CountVAE.fit(counts, train, adata.var_names.astype(str).tolist(), config, progress_bar=False, seed=seed)
     z = vae.latent(counts, np.arange(adata.n_obs))
     logx = log_normalize_rows(counts)
     logx = np.asarray(logx.todense()) if hasattr(logx, "todense") else np.asarray(logx)

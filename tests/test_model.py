@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import perturbflow as pf
 from perturbflow import PerturbFlowError
@@ -114,3 +115,16 @@ def test_without_a_baseline_prior_the_flow_is_applied_in_every_context(trained_m
         assert trained_model.correction_scale_in("a new cell type") == trained_model.correction_scale
     finally:
         trained_model.config.residual_prior, trained_model.flow_contexts = saved
+
+
+def test_training_is_reproducible_with_a_seed(trained_model, synthetic_adata, controls):
+    # the same arguments as the trained_model fixture: the same VAE, flow and calibration
+    again = pf.PerturbFlow(synthetic_adata, n_latent=8, flow_steps_per_epoch=20)
+    again.train(max_epochs=15, progress_bar=False)
+    np.testing.assert_array_equal(again.get_latent_representation(), trained_model.get_latent_representation())
+    for name, weights in trained_model.flow.state_dict().items():
+        assert torch.equal(again.flow.state_dict()[name], weights), name
+    assert again.correction_scale == trained_model.correction_scale
+    other = pf.PerturbFlow(synthetic_adata, n_latent=8, flow_steps_per_epoch=20)
+    other.train(max_epochs=15, progress_bar=False, seed=1)
+    assert not np.allclose(other.get_latent_representation(), trained_model.get_latent_representation())

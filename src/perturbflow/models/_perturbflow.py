@@ -189,6 +189,7 @@ class PerturbFlow:
             devices=devices,
             batch_size=batch_size,
             progress_bar=progress_bar,
+            seed=seed,
         )
         z = self.vae.latent(get_counts(adata, reg.layer), np.flatnonzero(fit_mask))
         rows = np.flatnonzero(fit_mask)

@@ -15,6 +15,7 @@ logger = logging.getLogger(__name__)
 
 CHUNK = 2048
 TARGET_SUM = 1e4
+VALIDATION_FRACTION = 0.1  # of the training cells, as scvi-tools' default train_size of 0.9
 
 
 def _dense_rows(counts, rows: np.ndarray) -> torch.Tensor:
@@ -97,8 +98,14 @@ class CountVAE:
         devices: int | str = "auto",
         batch_size: int = 128,
         progress_bar: bool = True,
+        seed: int = 0,
     ) -> CountVAE:
-        """Fit SCVI on ``counts[rows]`` with observed library sizes."""
+        """Fit SCVI on ``counts[rows]`` with observed library sizes.
+
+        A tenth of the cells (drawn with ``seed``) is SCVI's validation set. The split is made
+        here and passed to scvi-tools, whose own split is drawn from ``scvi.settings.seed``
+        (unset by default, so two fits would otherwise differ).
+        """
         import scvi
 
         if max_epochs is None:
@@ -114,6 +121,8 @@ class CountVAE:
             gene_likelihood=config.gene_likelihood,
             dispersion="gene",
         )
+        order = np.random.default_rng(seed).permutation(len(rows))
+        n_val = int(len(rows) * VALIDATION_FRACTION)
         model.train(
             max_epochs=max_epochs,
             accelerator=accelerator,
@@ -122,6 +131,7 @@ class CountVAE:
             enable_progress_bar=progress_bar,
             logger=False,
             enable_checkpointing=False,
+            datasplitter_kwargs={"external_indexing": [np.sort(order[n_val:]), np.sort(order[:n_val])]},
         )
         model.module.cpu().eval()
         return cls(model)
