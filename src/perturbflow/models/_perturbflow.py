@@ -215,7 +215,8 @@ class PerturbFlow:
         sizes = {k: len(v) for k, v in train_cells.items()}
         transfer, self.transfer_scores = ContextTransfer.select(gene_shifts, sizes, control_means)
         self.gene_prior = BaselinePrior(gene_shifts, sizes, transfer)
-        latent_shifts = {k: z_all[v].mean(0) - z_all[control_rows[k[1]]].mean(0) for k, v in train_cells.items()}
+        latent_controls = {c: z_all[r].mean(0) for c, r in control_rows.items()}
+        latent_shifts = {k: z_all[v].mean(0) - latent_controls[k[1]] for k, v in train_cells.items()}
         self.prior = BaselinePrior(latent_shifts, sizes, transfer)
         train_groups, val_groups = (
             build_groups(cells, self.prior, atom_index, ctx_index, control_rows) for cells in (train_cells, val_cells)
