@@ -30,7 +30,7 @@ from tasks import RESULTS_DIR, TASKS, save_results
 
 import perturbflow as pf
 from perturbflow.metrics import summarize
-from perturbflow.metrics._expression import log_normalize_rows
+from perturbflow.metrics._expression import TARGET_SUM, dense_rows, log_normalize_rows
 
 VARIANTS = ["additive", "mean_exact", "single_cells", "single_cells_subsampled"]
 
@@ -69,17 +69,16 @@ def main() -> None:
     task = TASKS["norman"]()
     real = task.adata
     counts = real.layers["counts"]
-    logx = np.asarray(log_normalize_rows(counts).todense() if hasattr(counts, "tocsr") else log_normalize_rows(counts))
+    logx = dense_rows(log_normalize_rows(counts), np.arange(real.n_obs))
     lib = np.asarray(counts.sum(1)).ravel()
     labels = real.obs["perturbation"].astype(str).to_numpy()
     rng = np.random.default_rng(0)
     rows = []
     for variant in VARIANTS:
-        cells, libs, names = [], [], []
+        cells, names = [], []
         for combo in task.perturbations:
             moved, lib_c = predict(variant, logx, lib, labels, combo, rng)
-            cells.append(np.expm1(moved) * (lib_c / 1e4)[:, None])  # expected counts at the cells' libraries
-            libs.append(lib_c)
+            cells.append(np.expm1(moved) * (lib_c / TARGET_SUM)[:, None])  # expected counts at the cells' libraries
             names += [combo] * len(moved)
         obs = pd.DataFrame({"perturbation": pd.Categorical(names)}, index=[f"cell{i}" for i in range(len(names))])
         pred = ad.AnnData(np.concatenate(cells).astype(np.float32), obs=obs, var=pd.DataFrame(index=real.var_names))

@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts
 from tasks import DEFAULT_DATA_DIR, RESULTS_DIR, TASKS, save_results
 
-from perturbflow.metrics._expression import log_normalize_rows
+from perturbflow.metrics._expression import dense_rows, log_normalize_rows
 from perturbflow.models import PerturbFlowConfig
 from perturbflow.nn import CountVAE
 
@@ -54,11 +54,10 @@ def decoded_log(vae: CountVAE, z: np.ndarray, lib: np.ndarray) -> np.ndarray:
 def run_task(task, seed: int, config: PerturbFlowConfig) -> pd.DataFrame:
     adata = task.adata
     counts = adata.layers["counts"]
-    train = np.flatnonzero(adata.obs["split"].to_numpy() == "train")
-    vae = CountVAE.fit(counts, train, adata.var_names.astype(str).tolist(), config, progress_bar=False, seed=seed)
+    is_train = adata.obs["split"].to_numpy() == "train"
+    vae = CountVAE.fit(counts, np.flatnonzero(is_train), adata.var_names.astype(str).tolist(), config, progress_bar=False, seed=seed)
     z = vae.latent(counts, np.arange(adata.n_obs))
-    logx = log_normalize_rows(counts)
-    logx = np.asarray(logx.todense()) if hasattr(logx, "todense") else np.asarray(logx)
+    logx = dense_rows(log_normalize_rows(counts), np.arange(adata.n_obs))
     lib = np.asarray(counts.sum(1)).ravel().astype(np.float32)
     pert = adata.obs[task.perturbation_key].astype(str).to_numpy()
     ctx = adata.obs[task.context_keys[0]].astype(str).to_numpy() if task.context_keys else np.full(len(pert), "all")
@@ -67,14 +66,15 @@ def run_task(task, seed: int, config: PerturbFlowConfig) -> pd.DataFrame:
     for c in np.unique(ctx):
         ctrl = np.flatnonzero((pert == task.control_value) & (ctx == c))
         ctrl_decoded = decoded_log(vae, z[ctrl], lib[ctrl])
-        for p in np.unique(pert[np.isin(np.arange(len(pert)), train) & (ctx == c)]):
-            cells = np.intersect1d(np.flatnonzero((pert == p) & (ctx == c)), train)
+        ctrl_mean = logx[ctrl].mean(0)
+        for p in np.unique(pert[is_train & (ctx == c)]):
+            cells = np.flatnonzero((pert == p) & (ctx == c) & is_train)
             if p == task.control_value or len(cells) < 20:
                 continue
             cells = rng.permutation(cells)
             half_a, half_b = cells[: len(cells) // 2], cells[len(cells) // 2 :]
-            change_a = logx[half_a].mean(0) - logx[ctrl].mean(0)
-            change_b = logx[half_b].mean(0) - logx[ctrl].mean(0)
+            change_a = logx[half_a].mean(0) - ctrl_mean
+            change_b = logx[half_b].mean(0) - ctrl_mean
             top = np.argsort(-np.abs(change_a))[:TOP]
             shift = z[half_b].mean(0) - z[ctrl].mean(0)
             decoded = decoded_log(vae, z[ctrl] + shift, lib[ctrl]) - ctrl_decoded
