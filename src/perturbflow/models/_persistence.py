@@ -1,8 +1,20 @@
-"""A trained PerturbFlow as a folder: VAE and flow weights, the priors, and a JSON of the rest."""
+"""A trained PerturbFlow as a folder: VAE and flow weights, the priors, and a JSON of the rest.
+
+Saving is all-or-nothing: the folder is written under a temporary name beside its target
+and moved into place once complete, and ``perturbflow.json`` carries ``"complete": false``
+until every part is written. Loading turns any damage into one :class:`PerturbFlowError`
+line that names the folder and the part.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 
@@ -19,18 +31,94 @@ FLOW_FILE = "flow.pt"
 VAE_DIR = "vae"
 LATENT_PRIOR_FILE = "latent_shifts.npz"
 GENE_PRIOR_FILE = "gene_shifts.npz"
+PARTS = (VAE_DIR, FLOW_FILE, LATENT_PRIOR_FILE, GENE_PRIOR_FILE)
+# the keys of perturbflow.json that read_model needs
+META_KEYS = ("config", "registry", "genes", "atoms", "contexts", "context_stats", "correction_scale")
 
 
 def write_model(model, path: Path, overwrite: bool) -> None:
-    """Write a trained ``model`` to the folder ``path`` (refused if it holds files, unless ``overwrite``)."""
+    """Write a trained ``model`` to the folder ``path``.
+
+    ``path`` must not hold files unless ``overwrite`` is true. The parts are written into a
+    temporary folder beside ``path``, which replaces ``path`` only once it is complete: an
+    interrupted save leaves the old folder (if any) untouched.
+    """
+    if path.exists() and not path.is_dir():
+        raise PerturbFlowError(f"{path} exists and is not a folder")
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise PerturbFlowError(f"{path} already exists and is not empty; pass overwrite=True")
-    path.mkdir(parents=True, exist_ok=True)
-    model.vae.save(path / VAE_DIR)
-    torch.save(model.flow.state_dict(), path / FLOW_FILE)
-    model.prior.save(path / LATENT_PRIOR_FILE)
-    model.gene_prior.save(path / GENE_PRIOR_FILE)
-    meta = {
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a plain mkdir (not mkdtemp, which makes it private) so the folder gets the usual permissions
+    staging = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.partial"
+    staging.mkdir()
+    try:
+        meta = _metadata(model)
+        _write_json(staging / CONFIG_FILE, {**meta, "complete": False})
+        model.vae.save(staging / VAE_DIR)
+        torch.save(model.flow.state_dict(), staging / FLOW_FILE)
+        model.prior.save(staging / LATENT_PRIOR_FILE)
+        model.gene_prior.save(staging / GENE_PRIOR_FILE)
+        _write_json(staging / CONFIG_FILE, {**meta, "complete": True})
+        _move_into_place(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def read_model(cls, path: Path):
+    """The trained model of class ``cls`` saved in the folder ``path``.
+
+    Raises :class:`PerturbFlowError` naming the folder when it is missing, incomplete (a
+    save or training run was interrupted) or damaged (a part missing, truncated or unreadable).
+    """
+    if not (path / CONFIG_FILE).is_file():
+        if not path.exists():
+            raise PerturbFlowError(f"model folder {path} does not exist")
+        if path.is_dir() and any((path / part).exists() for part in PARTS):
+            raise _incomplete(path)
+        raise PerturbFlowError(f"model folder {path} is not a perturbflow model (no {CONFIG_FILE})")
+    with _reading(path, "the model description is truncated or not valid JSON", CONFIG_FILE):
+        meta = json.loads((path / CONFIG_FILE).read_text())
+    missing = [key for key in META_KEYS if key not in meta] if isinstance(meta, dict) else ["its fields"]
+    if missing:
+        lacks = ", ".join(missing)
+        raise PerturbFlowError(
+            f"model folder {path} is damaged: the model description lacks {lacks} ({CONFIG_FILE})"
+        )
+    # folders saved before the marker existed have no "complete" field and count as complete
+    if meta.get("complete", True) is not True:
+        raise _incomplete(path)
+    for part in PARTS:
+        if not (path / part).exists():
+            name = f"{part}/" if part == VAE_DIR else part
+            raise PerturbFlowError(f"model folder {path} is damaged: {name} is missing")
+
+    with _reading(path, "the model description holds invalid values", CONFIG_FILE):
+        model = cls(None, **meta["config"])
+        model.registry = DataRegistry.from_dict(meta["registry"])
+        model.genes = meta["genes"]
+        model.atoms = meta["atoms"]
+        model.contexts = meta["contexts"]
+        model.context_stats = meta["context_stats"]
+        model.correction_scale = meta["correction_scale"]
+        model.flow_contexts = meta.get("flow_contexts", list(model.context_stats))
+        model.flow = build_flow(model.config, len(model.atoms))
+    with _reading(path, "the VAE could not be read", f"{VAE_DIR}/"):
+        model.vae = CountVAE.load(path / VAE_DIR, model.genes)
+    with _reading(path, "the latent baseline shifts could not be read", LATENT_PRIOR_FILE):
+        model.prior = BaselinePrior.load(path / LATENT_PRIOR_FILE)
+    with _reading(path, "the gene baseline shifts could not be read", GENE_PRIOR_FILE):
+        model.gene_prior = BaselinePrior.load(path / GENE_PRIOR_FILE)
+    with _reading(path, "the flow weights could not be read", FLOW_FILE):
+        state = torch.load(path / FLOW_FILE, map_location="cpu", weights_only=True)
+    with _reading(path, "the flow weights do not match the model description", FLOW_FILE):
+        model.flow.load_state_dict(state)
+    model.flow.eval()
+    model.is_trained = True
+    return model
+
+
+def _metadata(model) -> dict:
+    return {
         "perturbflow_version": version("perturbflow"),
         "config": model.config.to_dict(),
         "registry": model.registry.to_dict(),
@@ -41,28 +129,48 @@ def write_model(model, path: Path, overwrite: bool) -> None:
         "correction_scale": model.correction_scale,
         "flow_contexts": model.flow_contexts,
     }
-    (path / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
 
 
-def read_model(cls, path: Path):
-    """The trained model of class ``cls`` saved in the folder ``path``."""
-    if not (path / CONFIG_FILE).is_file():
-        what = "does not exist" if not path.exists() else f"is not a perturbflow model (no {CONFIG_FILE})"
-        raise PerturbFlowError(f"model folder {path} {what}")
-    meta = json.loads((path / CONFIG_FILE).read_text())
-    model = cls(None, **meta["config"])
-    model.registry = DataRegistry.from_dict(meta["registry"])
-    model.genes = meta["genes"]
-    model.atoms = meta["atoms"]
-    model.contexts = meta["contexts"]
-    model.context_stats = meta["context_stats"]
-    model.correction_scale = meta["correction_scale"]
-    model.flow_contexts = meta.get("flow_contexts", list(model.context_stats))
-    model.vae = CountVAE.load(path / VAE_DIR, model.genes)
-    model.prior = BaselinePrior.load(path / LATENT_PRIOR_FILE)
-    model.gene_prior = BaselinePrior.load(path / GENE_PRIOR_FILE)
-    model.flow = build_flow(model.config, len(model.atoms))
-    model.flow.load_state_dict(torch.load(path / FLOW_FILE, map_location="cpu", weights_only=True))
-    model.flow.eval()
-    model.is_trained = True
-    return model
+def _write_json(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file: ``path`` is never half-written."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _move_into_place(staging: Path, path: Path) -> None:
+    """Move the complete folder ``staging`` to ``path``; an old ``path`` is removed only after."""
+    if not path.exists():
+        os.replace(staging, path)
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    try:
+        os.replace(path, trash / path.name)
+        try:
+            os.replace(staging, path)
+        except BaseException:
+            os.replace(trash / path.name, path)
+            raise
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _incomplete(path: Path) -> PerturbFlowError:
+    return PerturbFlowError(
+        f"model folder {path} is incomplete: a training run or save was interrupted; "
+        "train the model again"
+    )
+
+
+@contextmanager
+def _reading(path: Path, what: str, part: str) -> Iterator[None]:
+    """Turn any error raised while reading ``part`` of the model folder ``path`` into one line."""
+    try:
+        yield
+    except MemoryError:
+        raise
+    except Exception as exc:  # PerturbFlowError too: its message would not name the folder
+        # the first sentence of the cause: libraries append advice that does not apply here
+        text = str(exc).strip()
+        reason = text.splitlines()[0].split(". ")[0].rstrip(".")[:150] if text else type(exc).__name__
+        raise PerturbFlowError(f"model folder {path} is damaged: {what} ({part}: {reason})") from exc
