@@ -30,20 +30,10 @@ from tasks import RESULTS_DIR, TASKS, save_results
 
 import perturbflow as pf
 from perturbflow.metrics import summarize
+from perturbflow.metrics._baselines import mean_exact_shift
 from perturbflow.metrics._expression import TARGET_SUM, dense_rows, log_normalize_rows
 
 VARIANTS = ["additive", "mean_exact", "single_cells", "single_cells_subsampled"]
-
-
-def mean_exact_shift(logx: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """``max(logx + s, 0)`` with, per gene, the ``s`` whose clipped mean is ``max(mean + shift, 0)``."""
-    target = np.maximum(logx.mean(0) + shift, 0)
-    lo, hi = -logx.max(0) - 1 - np.abs(shift), np.abs(shift) + 1
-    for _ in range(60):  # bisection; the clipped mean increases with s
-        mid = (lo + hi) / 2
-        below = np.maximum(logx + mid, 0).mean(0) < target
-        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
-    return np.maximum(logx + hi, 0)
 
 
 def predict(variant: str, logx, lib, labels, combo: str, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -56,7 +46,7 @@ def predict(variant: str, logx, lib, labels, combo: str, rng) -> tuple[np.ndarra
     if variant == "additive":
         return np.maximum(logx[ctrl] + shift_a + shift_b, 0), lib[ctrl]
     if variant == "mean_exact":
-        return mean_exact_shift(logx[ctrl], shift_a + shift_b), lib[ctrl]
+        return np.maximum(logx[ctrl] + mean_exact_shift(logx[ctrl], shift_a + shift_b), 0), lib[ctrl]
     ra, rb = rows[a], rows[b]
     if variant == "single_cells_subsampled":
         half = len(ctrl) // 2

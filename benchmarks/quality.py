@@ -1,9 +1,25 @@
-"""Prediction quality on three real held-out tasks: the model against every baseline.
+"""Prediction quality on real held-out data: every fold, several seeds, every baseline, ablations.
 
 Usage (from the repository root, with ../shared/data beside it)::
 
-    python benchmarks/quality.py                      # all tasks, default model, writes benchmarks/results/quality.csv
-    python benchmarks/quality.py --tasks norman --backbones mlp dit
+    python benchmarks/quality.py            # the full protocol: every fold of Kang (7 cell types)
+                                            # and McFaline (3 lines), the Norman combinations,
+                                            # seeds 0-2; writes benchmarks/results/quality.csv
+    python benchmarks/quality.py --quick    # seed 0, one fold per dataset (screening ideas)
+    python benchmarks/quality.py --tasks kang --folds B NK --seeds 0 --out /tmp/q.csv
+
+Each (fold, seed) trains the default model once and scores, on the same held-out real cells:
+
+- ``perturbflow``: the model's prediction (expected counts, like the baselines);
+  ``perturbflow_X``: its sampled integer counts, as a user receives them;
+- ablations of the same trained model: ``prior_only`` (the flow's correction off, the prior's
+  latent shift decoded per cell), ``flow_full`` (the whole correction in every context);
+  with ``--ablation`` also ``flow_only`` (a model trained without the baseline prior);
+- ``latent_shift``: scGen's latent arithmetic with the model's own VAE;
+- the gene-space baselines (``additive_exact`` among them) and the split-half noise ceiling.
+
+``python benchmarks/report.py benchmarks/results/quality.csv --folds`` prints the mean and
+spread over seeds per fold and overall.
 """
 
 from __future__ import annotations
@@ -11,24 +27,40 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts
-from tasks import DEFAULT_DATA_DIR, RESULTS_DIR, TASKS, save_results
+from tasks import DEFAULT_DATA_DIR, FOLDS, RESULTS_DIR, fold_task, save_results
 
 import perturbflow as pf
 from perturbflow.data import context_labels
 from perturbflow.metrics import summarize
 
-BASELINES = ["control", "train_mean", "context_mean", "mean_shift", "additive", "linear"]
+BASELINES = ["control", "train_mean", "context_mean", "mean_shift", "additive", "additive_exact", "linear"]
 HEADLINE = ["pearson_delta", "pearson_delta_top20", "mse_top20", "energy_distance", "energy_floor", "mmd",
             "discrimination_l1", "de_overlap", "nb_loglik"]
 
 
-def run_task(task, backbone: str, seed: int, config: dict) -> tuple[pd.DataFrame, dict]:
+@contextmanager
+def forced_correction(model, scale: float):
+    """The model with its flow correction forced to ``scale`` in every context."""
+    model.correction_scale_in = lambda context: scale  # an instance attribute hides the method
+    try:
+        yield model
+    finally:
+        del model.correction_scale_in
+
+
+def score(pred, task, seed: int, name: str, pred_layer="expected") -> pd.DataFrame:
+    return pf.tl.evaluate(pred, task.adata, real_layer="counts", pred_layer=pred_layer, baselines=[],
+                          noise_ceiling=False, seed=seed, copy=True).assign(model=name)
+
+
+def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = False) -> tuple[pd.DataFrame, dict]:
     adata = task.adata
     task.setup_model()
     start = time.perf_counter()
@@ -36,54 +68,74 @@ def run_task(task, backbone: str, seed: int, config: dict) -> tuple[pd.DataFrame
     model.train(seed=seed, progress_bar=False)
     train_s = time.perf_counter() - start
     controls = task.controls()
-    held_out_contexts = context_labels(controls, task.context_keys)
+    held_out_contexts = set(context_labels(controls, task.context_keys))
     start = time.perf_counter()
     pred = model.predict(controls, perturbations=task.perturbations, seed=seed)
     predict_s = time.perf_counter() - start
-    table = pf.tl.evaluate(pred, adata, real_layer="counts", baselines=BASELINES, seed=seed, copy=True)
-    # the sampled integer counts of X, scored too: what rounding to counts costs
-    sampled = pf.tl.evaluate(pred, adata, real_layer="counts", pred_layer=None, baselines=[], noise_ceiling=False,
-                             seed=seed, copy=True).assign(model="perturbflow_X")
-    table = pd.concat([table, sampled], ignore_index=True)
+    tables = [
+        pf.tl.evaluate(pred, adata, real_layer="counts", baselines=BASELINES, seed=seed, copy=True),
+        score(pred, task, seed, "perturbflow_X", pred_layer=None),
+    ]
+    for name, scale in (("prior_only", 0.0), ("flow_full", 1.0)):
+        with forced_correction(model, scale):
+            tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, name))
+    tables.append(score(model.predict(controls, task.perturbations, seed=seed, method="latent_shift"),
+                        task, seed, "latent_shift"))
+    if ablation:
+        flow_only = pf.PerturbFlow(adata, backbone=backbone, **{**config, "residual_prior": False})
+        flow_only.train(seed=seed, progress_bar=False)
+        tables.append(score(flow_only.predict(controls, task.perturbations, seed=seed), task, seed, "flow_only"))
     n_params = sum(p.numel() for p in model.flow.backbone.parameters())
     transfer = model.gene_prior.transfer
-    return table, {"train_s": train_s, "predict_s": predict_s, "cells_per_s": pred.n_obs / predict_s,
-                   "backbone_params": n_params, "correction_scale": model.correction_scale,
-                   "applied_correction_scale": min(model.correction_scale_in(c) for c in set(held_out_contexts)),
-                   "transfer_bandwidth": transfer.bandwidth, "transfer_specificity": transfer.specificity}
+    applied = pred.uns["perturbflow_prediction"]["flow_correction"]
+    return pd.concat(tables, ignore_index=True), {
+        "train_s": train_s, "predict_s": predict_s, "cells_per_s": pred.n_obs / predict_s,
+        "backbone_params": n_params, "correction_scale": model.correction_scale,
+        "applied_correction_scale": min(applied.get(c, 0.0) for c in held_out_contexts),
+        "transfer_bandwidth": transfer.bandwidth, "transfer_specificity": transfer.specificity,
+    }
 
 
-def main(argv=None, tasks=tuple(TASKS), backbones=("mlp",), out_name="quality.csv", doc=__doc__) -> None:
+def main(argv=None, tasks=tuple(FOLDS), backbones=("mlp",), out_name="quality.csv", doc=__doc__) -> None:
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=list(tasks), choices=list(TASKS))
+    parser.add_argument("--tasks", nargs="+", default=list(tasks), choices=list(FOLDS))
+    parser.add_argument("--folds", nargs="+", default=None, help="contexts to hold out (default: every fold)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--quick", action="store_true", help="seed 0 and the first fold of each dataset")
+    parser.add_argument("--ablation", action="store_true", help="also train a model without the baseline prior")
     parser.add_argument("--backbones", nargs="+", default=list(backbones))
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / out_name)
+    parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--config", nargs="*", default=[], help="PerturbFlowConfig overrides, KEY=VALUE")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the CI machine has 2 cores)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = {k: type(getattr(pf.PerturbFlowConfig(), k))(v) for k, v in (kv.split("=", 1) for kv in args.config)}
+    seeds = [0] if args.quick else args.seeds
+    out = args.out or RESULTS_DIR / (out_name.replace(".csv", "_quick.csv") if args.quick else out_name)
 
     rows = []
     for name in args.tasks:
-        task = TASKS[name](args.data_dir)
-        for backbone in args.backbones:
-            table, timing = run_task(task, backbone, args.seed, config)
-            summary = summarize(table).reset_index()
-            summary.insert(0, "backbone", backbone)
-            summary.insert(0, "task", task.name)
-            for k, v in timing.items():
-                summary[k] = [v if m == "perturbflow" else float("nan") for m in summary["model"]]
-            rows.append(summary)
-            show = summary[["model", *[c for c in HEADLINE if c in summary.columns]]]
-            print(f"\n== {task.name} / {backbone}: train {timing['train_s']:.0f} s, "
-                  f"predict {timing['cells_per_s']:.0f} cells/s, correction scale {timing['correction_scale']}, "
-                  f"transfer {timing['transfer_bandwidth']}/{timing['transfer_specificity']}")
-            print(show.to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
-    out = pd.concat(rows, ignore_index=True)
-    save_results(out, args.out)
+        folds = FOLDS[name][:1] if args.quick else [f for f in FOLDS[name] if not args.folds or f in args.folds]
+        for fold in folds:
+            task = fold_task(name, fold, args.data_dir)
+            for backbone in args.backbones:
+                for seed in seeds:
+                    table, timing = run_task(task, backbone, seed, config, args.ablation)
+                    summary = summarize(table).reset_index()
+                    for col, value in (("seed", seed), ("backbone", backbone), ("task", task.name),
+                                       ("dataset", name)):
+                        summary.insert(0, col, value)
+                    for k, v in timing.items():
+                        summary[k] = [v if m == "perturbflow" else float("nan") for m in summary["model"]]
+                    rows.append(summary)
+                    show = summary[["model", *[c for c in HEADLINE if c in summary.columns]]]
+                    print(f"\n== {task.name} / {backbone} / seed {seed}: train {timing['train_s']:.0f} s, "
+                          f"predict {timing['cells_per_s']:.0f} cells/s, correction applied "
+                          f"{timing['applied_correction_scale']} (calibrated {timing['correction_scale']}), "
+                          f"transfer bandwidth {timing['transfer_bandwidth']}")
+                    print(show.to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
+                    save_results(pd.concat(rows, ignore_index=True), out)  # partial results survive a stop
 
 
 if __name__ == "__main__":

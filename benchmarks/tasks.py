@@ -62,27 +62,27 @@ def norman_combinations(data_dir: Path = DEFAULT_DATA_DIR) -> Task:
     )
 
 
-def mcfaline_new_cell_line(data_dir: Path = DEFAULT_DATA_DIR) -> Task:
+def mcfaline_new_cell_line(data_dir: Path = DEFAULT_DATA_DIR, held: str = "U87MG") -> Task:
     adata = ad.read_h5ad(data_dir / "perturbench_devel_norman2019_mcfaline2023.h5ad")
     adata = _exact(adata[adata.obs["dataset"] == "mcfaline23"])
-    held = (adata.obs["cell_type"] == "U87MG") & (adata.obs["perturbation"] != "control")
-    adata.obs["split"] = np.where(held, "test", "train")
-    perts = sorted(adata.obs.loc[held, "perturbation"].astype(str).unique())
+    held_out = (adata.obs["cell_type"] == held) & (adata.obs["perturbation"] != "control")
+    adata.obs["split"] = np.where(held_out, "test", "train")
+    perts = sorted(adata.obs.loc[held_out, "perturbation"].astype(str).unique())
     return Task(
-        "mcfaline_U87MG",
-        "McFaline-Figueroa CRISPRi: every perturbed U87MG cell held out (context cell_type)",
-        adata, "perturbation", "control", ["cell_type"], perts, ["U87MG"], "mean_shift",
+        f"mcfaline_{held}",
+        f"McFaline-Figueroa CRISPRi: every perturbed {held} cell held out (context cell_type)",
+        adata, "perturbation", "control", ["cell_type"], perts, [held], "mean_shift",
     )
 
 
-def kang_new_cell_type(data_dir: Path = DEFAULT_DATA_DIR) -> Task:
+def kang_new_cell_type(data_dir: Path = DEFAULT_DATA_DIR, held: str = "CD14+Mono") -> Task:
     adata = _exact(ad.read_h5ad(data_dir / "kang2018_ifnb_pbmc_scgen_valid.h5ad"))
-    held = (adata.obs["cell_type"] == "CD14+Mono") & (adata.obs["condition"] == "stimulated")
-    adata.obs["split"] = np.where(held, "test", "train")
+    held_out = (adata.obs["cell_type"] == held) & (adata.obs["condition"] == "stimulated")
+    adata.obs["split"] = np.where(held_out, "test", "train")
     return Task(
-        "kang_CD14+Mono",
-        "Kang 2018 PBMC IFN-beta: stimulated CD14+Mono cells held out (context cell_type)",
-        adata, "condition", "control", ["cell_type"], ["stimulated"], ["CD14+Mono"], "mean_shift",
+        f"kang_{held}",
+        f"Kang 2018 PBMC IFN-beta: stimulated {held} cells held out (context cell_type)",
+        adata, "condition", "control", ["cell_type"], ["stimulated"], [held], "mean_shift",
     )
 
 
@@ -91,6 +91,18 @@ TASKS = {
     "mcfaline": mcfaline_new_cell_line,
     "kang": kang_new_cell_type,
 }
+
+# every fold each dataset allows (leave one context out); the first is the one --quick runs
+FOLDS = {
+    "norman": [None],
+    "mcfaline": ["U87MG", "A172", "T98G"],
+    "kang": ["CD14+Mono", "CD4T", "FCGR3A+Mono", "B", "NK", "CD8T", "Dendritic"],
+}
+
+
+def fold_task(name: str, fold: str | None, data_dir: Path = DEFAULT_DATA_DIR) -> Task:
+    """The task of dataset ``name`` with context ``fold`` held out (``None``: its only split)."""
+    return TASKS[name](data_dir) if fold is None else TASKS[name](data_dir, held=fold)
 
 
 def save_results(table, path: Path) -> None:

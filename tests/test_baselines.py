@@ -12,6 +12,7 @@ from threadpoolctl import threadpool_limits
 
 from perturbflow._errors import PerturbFlowError
 from perturbflow.data import synthetic
+from perturbflow.metrics._baselines import mean_exact_shift
 from perturbflow.metrics import (
     Baseline,
     evaluate_predictions,
@@ -201,6 +202,30 @@ def test_linear_equals_paper_formulation() -> None:
     # a perturbed gene that is not measured falls back to the training mean
     np.testing.assert_allclose(model.delta(frozenset({"Z"}), "all"), model.train_effect)
     np.testing.assert_allclose(model.delta(frozenset({"g1", "Z"}), "all"), model.train_effect)
+
+
+def test_additive_exact_hits_the_additive_mean_of_log_expression(constructed) -> None:
+    adata, _ = constructed
+    additive, exact = _fit("additive", adata), _fit("additive_exact", adata)
+    ctrl = _controls(adata)
+    c1 = (ctrl.obs["cell_type"] == "c1").to_numpy()
+    target = np.maximum(log_normalize(ctrl.X[c1]).mean(0) + additive.delta(frozenset({"A", "B"}), "c1"), 0)
+    totals = ctrl.X[c1].sum(axis=1, keepdims=True)
+    mean_of = {}
+    for name, model in (("additive", additive), ("additive_exact", exact)):
+        pred = model.predict(ctrl[c1], ["A+B"])
+        mean_of[name] = np.log1p(pred.X / totals * 1e4).mean(0)
+    np.testing.assert_allclose(mean_of["additive_exact"], target, atol=1e-5)
+
+
+def test_mean_exact_shift_undoes_the_lift_of_clipping_at_zero() -> None:
+    cells = np.array([[0.0, 2.0], [1.0, 2.0], [3.0, 2.0]])  # (3 cells, 2 genes)
+    delta = np.array([-1.0, -1.0])
+    plain = np.maximum(cells + delta, 0).mean(0)
+    assert plain[0] == pytest.approx(2 / 3)  # the zero cannot go down: 1/3 above the target 1/3
+    shift = mean_exact_shift(cells, delta)
+    np.testing.assert_allclose(np.maximum(cells + shift, 0).mean(0), [1 / 3, 1.0], atol=1e-9)
+    assert shift[1] == pytest.approx(-1.0)  # no clipping, no change
 
 
 def test_additive_beats_control_on_heldout_combos(small: ad.AnnData) -> None:

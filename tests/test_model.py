@@ -91,19 +91,62 @@ def test_not_set_up():
 
 
 def test_no_flow_correction_in_a_context_new_to_the_flow(trained_model, controls):
-    def expected(scale, flow_contexts):
+    def predict(scale, flow_contexts):
         saved = trained_model.correction_scale, trained_model.flow_contexts
         trained_model.correction_scale, trained_model.flow_contexts = scale, flow_contexts
         try:
-            return trained_model.predict(controls, perturbations=["G0"], seed=0).layers["expected"]
+            return trained_model.predict(controls, perturbations=["G0"], seed=0)
         finally:
             trained_model.correction_scale, trained_model.flow_contexts = saved
 
     fitted = list(trained_model.flow_contexts)
     assert fitted, "the synthetic data has perturbed cells in its contexts"
-    corrected, baseline = expected(1.0, fitted), expected(0.0, fitted)
-    assert not np.allclose(corrected, baseline)
-    assert np.allclose(expected(1.0, []), baseline)  # every context new to the flow: the baseline
+    corrected, prior_only = predict(1.0, fitted), predict(0.0, fitted)
+    assert not np.allclose(corrected.layers["expected"], prior_only.layers["expected"])
+    new = predict(1.0, [])  # every context new to the flow: the prior's move alone
+    assert np.allclose(new.layers["expected"], prior_only.layers["expected"])
+    # what was applied is recorded with the prediction, per context
+    assert corrected.uns["perturbflow_prediction"]["flow_correction"] == {c: 1.0 for c in fitted}
+    assert set(new.uns["perturbflow_prediction"]["flow_correction"].values()) == {0.0}
+
+
+def test_prediction_moves_each_cell_by_its_own_decoded_change(trained_model, controls):
+    """With the flow's correction off, each cell moves by the decoder's change from its own
+    latent to latent + prior, plus the gene-space residual the latent does not carry."""
+    saved = trained_model.correction_scale
+    trained_model.correction_scale = 0.0
+    try:
+        pred = trained_model.predict(controls, perturbations=["G0"], seed=0)
+    finally:
+        trained_model.correction_scale = saved
+    counts = controls.X.toarray() if hasattr(controls.X, "toarray") else np.asarray(controls.X)
+    src = controls.obs_names.get_indexer(pred.obs["source_cell"])
+    library = counts[src].sum(1)
+    z0 = trained_model.get_latent_representation(controls)[src]
+    z1 = pred.obsm["X_perturbflow"]
+    contexts = pred.obs["cell_type"].to_numpy()
+    residual = np.stack([trained_model.residual_prior.prior(frozenset(["G0"]), c) for c in contexts])
+    change = trained_model.vae.log_change(z0, z1, library) + residual
+    scale = 1e4 / library[:, None]
+    expected = np.expm1(np.maximum(np.log1p(counts[src] * scale) + change, 0)) / scale
+    np.testing.assert_allclose(pred.layers["expected"], expected, rtol=1e-4, atol=1e-4)
+    # the cells' changes differ: the decoder's response depends on each cell's state
+    assert np.std(trained_model.vae.log_change(z0, z1, library), axis=0).max() > 1e-3
+
+
+def test_latent_shift_is_scgen_arithmetic_with_the_model_vae(trained_model, controls):
+    pred = trained_model.predict(controls, perturbations=["G0"], seed=0, method="latent_shift")
+    src = controls.obs_names.get_indexer(pred.obs["source_cell"])
+    z0 = trained_model.get_latent_representation(controls)[src]
+    contexts = pred.obs["cell_type"].to_numpy()
+    shifts = trained_model.prior.shifts
+    for c in set(contexts):  # the plain mean of G0's latent shift over the other contexts
+        others = [v for (a, k), v in shifts.items() if a == frozenset(["G0"]) and k != c]
+        rows = contexts == c
+        np.testing.assert_allclose(pred.obsm["X_perturbflow"][rows], z0[rows] + np.mean(others, 0), atol=1e-5)
+    assert is_integer_matrix(pred.X) and pred.uns["perturbflow_prediction"]["method"] == "latent_shift"
+    with pytest.raises(PerturbFlowError, match="unknown method"):
+        trained_model.predict(controls, perturbations=["G0"], method="scgen")
 
 
 def test_without_a_baseline_prior_the_flow_is_applied_in_every_context(trained_model):

@@ -46,11 +46,56 @@ def test_specificity_blends_towards_the_pooled_effect():
     assert np.allclose(t.transfer(P, "b", shifts, pooled), [0.25 * 2.0 + 0.75 * 0.5])
 
 
+def _screen(strong: float, noise_sd: float, genes: int = 200, seed: int = 0):
+    """Two contexts; P has an effect of size ``strong`` in both, three weak others share a
+    common response; every measured shift carries noise of standard deviation ``noise_sd``."""
+    rng = np.random.default_rng(seed)
+    common, own = rng.normal(size=genes), rng.normal(size=genes)
+    shifts, noise = {}, {}
+    for c in ("a", "b"):
+        shifts[(P, c)] = 0.2 * common + strong * own + noise_sd * rng.normal(size=genes)
+        for name in "QRS":
+            shifts[(frozenset([name]), c)] = 0.2 * common + noise_sd * rng.normal(size=genes)
+    noise = {k: noise_sd**2 for k in shifts}
+    return shifts, noise, common, own
+
+
+def _moved_and_plain(shifts, noise):
+    """P carried to a new context with per-perturbation shrinkage, and P's plain mean shift."""
+    moved = ContextTransfer(effects=shifts, noise=noise).transfer(P, "new", shifts, pooled_effects(shifts, {}))
+    return moved, np.mean([shifts[(P, "a")], shifts[(P, "b")]], axis=0)
+
+
+def test_shrinkage_keeps_a_strong_consistent_effect_whole():
+    moved, plain = _moved_and_plain(*_screen(strong=1.0, noise_sd=0.1)[:2])
+    assert np.allclose(moved, plain, atol=0.02 * np.abs(plain).max())
+
+
+def test_shrinkage_pulls_a_noisy_effect_towards_the_pooled_one():
+    shifts, noise, common, own = _screen(strong=0.05, noise_sd=0.5)
+    moved, plain = _moved_and_plain(shifts, noise)
+    t = ContextTransfer(effects=shifts, noise=noise)
+    truth = 0.2 * common + 0.05 * own
+    # the shrunk estimate is closer to the true effect than the perturbation's own noisy mean
+    assert np.mean((moved - truth) ** 2) < 0.5 * np.mean((plain - truth) ** 2)
+    a = t.shrinkage(P, ["a", "b"], np.array([0.5, 0.5]), ["a", "b"], np.array([0.5, 0.5]))
+    assert 0.0 <= a < 0.5
+
+
+def test_shrinkage_grows_with_the_signal_to_noise_ratio():
+    factors = []
+    for strong in (0.05, 0.2, 0.5, 2.0):
+        shifts, noise, _, _ = _screen(strong=strong, noise_sd=0.3, seed=3)
+        t = ContextTransfer(effects=shifts, noise=noise)
+        factors.append(t.shrinkage(P, ["a", "b"], np.array([0.5, 0.5]), ["a", "b"], np.array([0.5, 0.5])))
+    assert factors == sorted(factors) and factors[-1] > 0.95
+
+
 def test_selection_prefers_similar_contexts_when_the_response_follows_them():
     means, shifts = _line_of_contexts()
     chosen, scores = ContextTransfer.select(shifts, {k: 10 for k in shifts}, means)
     assert np.isfinite(chosen.bandwidth)
-    assert scores[(chosen.bandwidth, chosen.specificity)] < scores[(np.inf, 1.0)]
+    assert scores[chosen.bandwidth] < scores[np.inf]
 
 
 def test_selection_keeps_the_plain_mean_shift_when_contexts_respond_alike():
@@ -59,12 +104,12 @@ def test_selection_keeps_the_plain_mean_shift_when_contexts_respond_alike():
     means = {f"c{i}": rng.normal(size=30) for i in range(5)}
     shifts = {(P, c): effect for c in means}
     chosen, _ = ContextTransfer.select(shifts, {k: 10 for k in shifts}, means)
-    assert (chosen.bandwidth, chosen.specificity) == (np.inf, 1.0)
+    assert np.isinf(chosen.bandwidth)
 
 
 def test_one_context_keeps_the_plain_setting():
     chosen, scores = ContextTransfer.select({(P, "a"): np.ones(3)}, {(P, "a"): 5}, {"a": np.zeros(3)})
-    assert scores == {} and np.isinf(chosen.bandwidth) and chosen.specificity == 1.0
+    assert scores == {} and np.isinf(chosen.bandwidth)
 
 
 def test_prior_uses_the_transfer_and_survives_save_and_load(tmp_path):

@@ -96,6 +96,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
     pred = model.predict(control, perturbations=args.perturbations, n_cells=args.n_cells, seed=args.seed)
     write_atomically(args.out, lambda p: pred.write_h5ad(p, compression="gzip"))
     print(f"wrote {pred.n_obs} predicted cells x {pred.n_vars} genes to {args.out}")
+    applied = pred.uns["perturbflow_prediction"]["flow_correction"]
+    print("flow correction applied (share of the flow's move beyond the prior): "
+          + ", ".join(f"{context or 'all cells'} {scale:.2f}" for context, scale in applied.items()))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

@@ -30,19 +30,30 @@ class LatentFlowModule(nn.Module):
         backbone_kwargs: dict | None = None,
         residual_prior: bool = True,
         atom_pooling: str = "mean",
+        context_dropout: float = 0.0,
     ):
         super().__init__()
         self.residual_prior = residual_prior
+        self.context_dropout = context_dropout
+        # stands in for the context's encoding where the context is unknown to the flow
+        self.null_context = nn.Parameter(torch.zeros(n_embed))
         self.perturbation_encoder = PerturbationEncoder(n_atoms, n_embed, atom_pooling)
         self.context_encoder = ContextEncoder(n_latent, n_embed)
         self.prior_encoder = nn.Sequential(nn.Linear(n_latent, n_embed), nn.SiLU(), nn.Linear(n_embed, n_embed))
         self.backbone = build_backbone(backbone, n_latent, 3 * n_embed, **(backbone_kwargs or {}))
 
-    def condition(self, atoms: torch.Tensor, context: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-        """Atom indices ``(B, A)``, context statistics ``(B, 2D)`` and prior ``(B, D)`` to ``(B, C)``."""
-        return torch.cat(
-            [self.perturbation_encoder(atoms), self.context_encoder(context), self.prior_encoder(prior)], dim=-1
-        )
+    def condition(
+        self, atoms: torch.Tensor, context: torch.Tensor, prior: torch.Tensor, null_context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Atom indices ``(B, A)``, context statistics ``(B, 2D)`` and prior ``(B, D)`` to ``(B, C)``.
+
+        Where ``null_context`` ``(B,)`` is true, the learned null context replaces the
+        context's encoding.
+        """
+        ctx = self.context_encoder(context)  # (B, E)
+        if null_context is not None:
+            ctx = torch.where(null_context.unsqueeze(-1), self.null_context.expand_as(ctx), ctx)
+        return torch.cat([self.perturbation_encoder(atoms), ctx, self.prior_encoder(prior)], dim=-1)
 
     def velocity_field(self, cond: torch.Tensor, prior: torch.Tensor):
         """The velocity ``(x_t, t) -> v_t`` under a fixed condition."""
@@ -52,7 +63,10 @@ class LatentFlowModule(nn.Module):
     def loss(
         self, x_0: torch.Tensor, x_1: torch.Tensor, atoms: torch.Tensor, context: torch.Tensor, prior: torch.Tensor
     ) -> torch.Tensor:
-        cond = self.condition(atoms, context, prior)  # (B, C)
+        drop = None
+        if self.training and self.context_dropout > 0:  # context dropout: the null context learns
+            drop = torch.rand(x_0.shape[0], device=x_0.device) < self.context_dropout  # (B,)
+        cond = self.condition(atoms, context, prior, drop)  # (B, C)
         return rectified_flow_loss(self.velocity_field(cond, prior), x_0, x_1)
 
     @torch.no_grad()
@@ -65,9 +79,12 @@ class LatentFlowModule(nn.Module):
         n_steps: int = 20,
         solver: Solver = "midpoint",
         return_path: bool = False,
+        new_context: bool = False,
     ):
-        """Integrate sets ``x_0`` of shape ``(B, S, D)`` from t=0 to t=1 under the condition."""
-        cond = self.condition(atoms, context, prior)  # (B, C)
+        """Integrate sets ``x_0`` of shape ``(B, S, D)`` from t=0 to t=1 under the condition
+        (under the null context when ``new_context``)."""
+        null = torch.full((x_0.shape[0],), new_context, dtype=torch.bool)
+        cond = self.condition(atoms, context, prior, null)  # (B, C)
         return integrate(
             self.velocity_field(cond, prior),
             x_0,

@@ -45,10 +45,28 @@ class PerturbFlowConfig:
     residual_prior
         Start the flow from the simple baselines (additive, mean shift) in latent space and
         learn the correction (see ``perturbflow.models._prior``).
+    flow_prior
+        The prior each training group of the flow starts from: ``"own"`` (its own measured
+        latent mean shift, so the flow learns how each cell moves around the mean shift, its
+        state-dependent part) or ``"leave_out"`` (the baseline computed without the group, so
+        the flow also learns to correct the baseline's mean).
+    context_dropout
+        Share of training sets whose context encoding is replaced by a learned null context,
+        which stands in for a context new to the flow at prediction.
+    centered_correction
+        Remove the mean of the flow's correction to the prior over the cells of each predicted
+        (perturbation, context): the prior sets the predicted mean shift and the flow how
+        each cell moves around it.
     decode
         ``"delta"``: each predicted cell is its real source cell moved by the decoded change
         along its flow path (the decoder's reconstruction error cancels); ``"direct"``: the
         counts are sampled from the decoder at the predicted latent.
+    gene_offset
+        With ``decode="delta"`` and a baseline prior, what is added in gene space:
+        ``"residual"`` (each cell moves by the decoded change from its own latent to its
+        predicted latent, plus the part of the measured mean changes that the latent does not
+        carry, transferred like the shifts) or ``"baseline"`` (the gene-space baseline's
+        change plus the decoded change from the baseline's latent end point; sessions 1-4).
     n_steps, solver
         Default ODE integration steps and solver at prediction.
     backbone_kwargs
@@ -72,7 +90,11 @@ class PerturbFlowConfig:
     flow_lr: float = 1e-3
     ema_decay: float = 0.995
     residual_prior: bool = True
+    flow_prior: Literal["own", "leave_out"] = "own"
+    context_dropout: float = 0.2
+    centered_correction: bool = False
     decode: Literal["delta", "direct"] = "delta"
+    gene_offset: Literal["residual", "baseline"] = "residual"
     n_steps: int = 20
     solver: Literal["euler", "midpoint", "adaptive"] = "midpoint"
     backbone_kwargs: dict = field(default_factory=dict)

@@ -31,6 +31,7 @@ FLOW_FILE = "flow.pt"
 VAE_DIR = "vae"
 LATENT_PRIOR_FILE = "latent_shifts.npz"
 GENE_PRIOR_FILE = "gene_shifts.npz"
+RESIDUAL_PRIOR_FILE = "residual_shifts.npz"  # absent from folders saved before it existed
 PARTS = (VAE_DIR, FLOW_FILE, LATENT_PRIOR_FILE, GENE_PRIOR_FILE)
 # the keys of perturbflow.json that read_model needs
 META_KEYS = ("config", "registry", "genes", "atoms", "contexts", "context_stats", "correction_scale")
@@ -58,6 +59,7 @@ def write_model(model, path: Path, overwrite: bool) -> None:
         torch.save(model.flow.state_dict(), staging / FLOW_FILE)
         model.prior.save(staging / LATENT_PRIOR_FILE)
         model.gene_prior.save(staging / GENE_PRIOR_FILE)
+        model.residual_prior.save(staging / RESIDUAL_PRIOR_FILE)
         _write_json(staging / CONFIG_FILE, {**meta, "complete": True})
         _move_into_place(staging, path)
     finally:
@@ -108,8 +110,14 @@ def read_model(cls, path: Path):
         model.prior = BaselinePrior.load(path / LATENT_PRIOR_FILE)
     with _reading(path, "the gene baseline shifts could not be read", GENE_PRIOR_FILE):
         model.gene_prior = BaselinePrior.load(path / GENE_PRIOR_FILE)
+    if (path / RESIDUAL_PRIOR_FILE).exists():
+        with _reading(path, "the gene-space residual shifts could not be read", RESIDUAL_PRIOR_FILE):
+            model.residual_prior = BaselinePrior.load(path / RESIDUAL_PRIOR_FILE)
+    else:  # saved before the residual existed: predict as it was trained to
+        model.config.gene_offset = "baseline"
     with _reading(path, "the flow weights could not be read", FLOW_FILE):
         state = torch.load(path / FLOW_FILE, map_location="cpu", weights_only=True)
+        state.setdefault("null_context", torch.zeros_like(model.flow.null_context))  # saved before it existed
     with _reading(path, "the flow weights do not match the model description", FLOW_FILE):
         model.flow.load_state_dict(state)
     model.flow.eval()

@@ -37,6 +37,7 @@ from perturbflow.train import (
     calibration_split,
     cells_by_group,
     choose_correction_scale,
+    decoded_shifts,
     fit_flow,
     gene_space_shifts,
 )
@@ -211,16 +212,24 @@ class PerturbFlow:
         if not train_cells:
             raise PerturbFlowError("no perturbed training cells with control cells in the same context")
         logx = log_normalize_rows(get_counts(adata, reg.layer))
-        gene_shifts, control_means = gene_space_shifts(logx, train_cells, fit_mask & is_control, contexts)
+        gene_shifts, control_means, noise = gene_space_shifts(logx, train_cells, fit_mask & is_control, contexts)
         sizes = {k: len(v) for k, v in train_cells.items()}
-        transfer, self.transfer_scores = ContextTransfer.select(gene_shifts, sizes, control_means)
+        transfer, self.transfer_scores = ContextTransfer.select(gene_shifts, sizes, control_means, noise)
         self.gene_prior = BaselinePrior(gene_shifts, sizes, transfer)
         latent_controls = {c: z_all[r].mean(0) for c, r in control_rows.items()}
         latent_shifts = {k: z_all[v].mean(0) - latent_controls[k[1]] for k, v in train_cells.items()}
         self.prior = BaselinePrior(latent_shifts, sizes, transfer)
+        # what of each measured change the latent does not carry, moved between groups like
+        # the shifts themselves and added back in gene space at prediction
+        library = np.asarray(get_counts(adata, reg.layer).sum(axis=1), dtype=np.float32).ravel()
+        decoded = decoded_shifts(self.vae, z_all, library, latent_shifts, control_rows, seed)
+        self.residual_prior = BaselinePrior({k: gene_shifts[k] - decoded[k] for k in gene_shifts}, sizes, transfer)
+        # every group with the baseline computed without it, as a held-out group would see it
         train_groups, val_groups = (
             build_groups(cells, self.prior, atom_index, ctx_index, control_rows) for cells in (train_cells, val_cells)
         )
+        own = self.config.flow_prior == "own"
+        fit_groups = build_groups(train_cells, self.prior, atom_index, ctx_index, control_rows, own_prior=own)
         logger.info("stage 2: latent flow on %d groups (%d validation)", len(train_groups), len(val_groups))
 
         fit = dict(z_all=z_all, stats=stats, max_epochs=flow_max_epochs or max_epochs, accelerator=accelerator,
@@ -232,7 +241,7 @@ class PerturbFlow:
         calibration = []
         if self.config.residual_prior:
             calibration = val_groups or calibration_split(train_groups, seed)
-        fitting = [g for g in train_groups if all(g is not c for c in calibration)] or train_groups
+        fitting = [f for f, g in zip(fit_groups, train_groups) if all(g is not c for c in calibration)] or fit_groups
         # the flow's correction is calibrated only in contexts whose perturbed cells it saw
         names = list(ctx_index)
         self.flow_contexts = sorted({names[g.context] for g in fitting})
@@ -241,7 +250,12 @@ class PerturbFlow:
 
             def transport(z0, atom_ids, context, prior):
                 stats_c, prior_t = torch.from_numpy(stats[context]), torch.from_numpy(prior)
-                return self._transport(z0, atom_ids, stats_c, prior_t, self.config.n_steps, self.config.solver, False)[0]
+                end = self._transport(
+                    z0, atom_ids, stats_c, prior_t, self.config.n_steps, self.config.solver, False, False
+                )[0]
+                if self.config.centered_correction:  # as predict() applies it
+                    end = end - (end - z0 - prior).mean(0)
+                return end
 
             self.correction_scale = choose_correction_scale(transport, calibration, z_all, seed)
             logger.info("correction scale chosen on %d held-out groups: %.2f", len(calibration), self.correction_scale)
@@ -290,6 +304,7 @@ class PerturbFlow:
         n_cells: int | None = None,
         solver: Literal["euler", "midpoint", "adaptive"] | None = None,
         return_path: bool = False,
+        method: Literal["flow", "latent_shift"] = "flow",
     ) -> AnnData:
         """Predict perturbed cells from control cells.
 
@@ -315,6 +330,11 @@ class PerturbFlow:
             ``"euler"``, ``"midpoint"`` or ``"adaptive"`` (default: the model's).
         return_path
             Also store the latent flow paths in ``uns['perturbflow_paths']`` (steps, cells, latent).
+        method
+            ``"flow"``: the model's prediction. ``"latent_shift"``: a baseline, scGen's latent
+            arithmetic with this model's VAE (each control latent plus the perturbation's mean
+            latent shift in the other contexts, or the sum of its atoms' shifts, decoded and
+            sampled at the cell's library size); no flow.
 
         Returns
         -------
@@ -325,6 +345,10 @@ class PerturbFlow:
         ``source_cell``.
         """
         self._check_trained()
+        if method not in ("flow", "latent_shift"):
+            raise PerturbFlowError(f"unknown method {method!r}; use 'flow' or 'latent_shift'")
+        if return_path and method != "flow":
+            raise PerturbFlowError("return_path needs method='flow'")
         requested = requested_perturbations(perturbations, self.atoms, self.registry)
         control_adata = control_cells(control_adata, self.registry)
         reg = self.registry
@@ -342,7 +366,8 @@ class PerturbFlow:
         n_steps = n_steps or self.config.n_steps
         solver = solver or self.config.solver
         z_pred, src_rows, labels, paths = [], [], [], []
-        z_base, gene_shift, shift_of_rows = [], [], []
+        z_ref, gene_shift, shift_of_rows = [], [], []
+        applied: dict[str, float] = {}  # the share of the flow's correction kept, per context
         described: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
         from rich.progress import track
 
@@ -357,31 +382,44 @@ class PerturbFlow:
                         np.asarray(log_normalize_rows(counts[ctrl_c]).mean(0)).ravel(),
                     )
                 stats, ctrl_mean = described[c]
+                if method == "latent_shift":
+                    z_pred.append(z0_all[rows_c] + self.plain_prior().prior(atom_set, c))
+                    src_rows.append(rows_c)
+                    labels += [label] * len(rows_c)
+                    continue
                 prior = self.prior.prior(atom_set, c, ctrl_mean)
-                if self.config.residual_prior:
-                    gene_shift.append(self.gene_prior.prior(atom_set, c, ctrl_mean))
                 base = z0_all[rows_c] + prior if self.config.residual_prior else z0_all[rows_c]
+                if self.config.gene_offset == "residual":  # each cell's own decoded change
+                    gene_shift.append(self.residual_prior.prior(atom_set, c, ctrl_mean))
+                    z_ref.append(z0_all[rows_c])
+                else:  # the gene-space baseline, and the decoded change from its latent end point
+                    gene_shift.append(self.gene_prior.prior(atom_set, c, ctrl_mean))
+                    z_ref.append(base)
                 scale = self.correction_scale_in(c)
                 end, path = base, None  # no flow to run where none of its correction is kept
                 if scale or return_path:
                     end, path = self._transport(
-                        z0_all[rows_c], atom_ids, stats, torch.from_numpy(prior), n_steps, solver, return_path
+                        z0_all[rows_c], atom_ids, stats, torch.from_numpy(prior), n_steps, solver, return_path,
+                        c not in self.flow_contexts,
                     )
-                z_pred.append(base + scale * (end - base))
-                z_base.append(base)
+                correction = end - base  # (n, D) the flow's move beyond the prior
+                if self.config.centered_correction:  # the prior sets the mean, the flow the shape
+                    correction = correction - correction.mean(0)
+                z_pred.append(base + scale * correction)
+                applied[c] = scale
                 shift_of_rows.append(np.full(len(rows_c), len(gene_shift) - 1))
                 paths.append(path)
                 src_rows.append(rows_c)
                 labels += [label] * len(rows_c)
         z_pred = np.concatenate(z_pred)
         src_rows = np.concatenate(src_rows)
-        if self.config.decode == "delta":
+        if self.config.decode == "delta" and method == "flow":
             X, expected = self.vae.decode_delta(
-                np.concatenate(z_base),
+                np.concatenate(z_ref),
                 z_pred,
                 counts,
                 src_rows,
-                gene_shift=np.stack(gene_shift) if gene_shift else None,
+                gene_shift=np.stack(gene_shift) if self.config.residual_prior else None,
                 shift_of_rows=np.concatenate(shift_of_rows),
                 seed=seed,
             )
@@ -401,7 +439,10 @@ class PerturbFlow:
             "n_steps": n_steps,
             "solver": solver,
             "seed": seed,
+            "method": method,
             "backbone": self.config.backbone,
+            "flow_correction": applied,
+            "gene_offset": self.config.gene_offset if self.config.residual_prior else "none",
             "perturbation_key": reg.perturbation_key,
             "control_value": reg.control_value,
             "context_keys": list(reg.context_keys),
@@ -410,8 +451,13 @@ class PerturbFlow:
             pred.uns["perturbflow_paths"] = np.concatenate(paths, axis=1)
         return pred
 
-    def _transport(self, z0: np.ndarray, atom_ids, stats, prior, n_steps, solver, return_path):
-        """Move ``(n, D)`` latents in sets of ``set_size`` (the last set may be smaller)."""
+    def plain_prior(self) -> BaselinePrior:
+        """The latent shifts with plain transfer: the mean over the other contexts (scGen)."""
+        return BaselinePrior(self.prior.shifts, self.prior.sizes, ContextTransfer(specificity=1.0))
+
+    def _transport(self, z0: np.ndarray, atom_ids, stats, prior, n_steps, solver, return_path, new_context):
+        """Move ``(n, D)`` latents in sets of ``set_size`` (the last set may be smaller); a
+        context new to the flow is given the flow's null context."""
         S = self.config.set_size
         n, D = z0.shape
         n_full = (n // S) * S
@@ -425,7 +471,8 @@ class PerturbFlow:
             x_0 = torch.from_numpy(part.astype(np.float32))  # (B, S, D)
             atoms = torch.tensor([atom_ids] * B, dtype=torch.long)  # (B, A)
             context = stats.float().expand(B, -1)  # (B, 2D)
-            res = self.flow.transport(x_0, atoms, context, prior.float().expand(B, -1), n_steps=n_steps, solver=solver, return_path=return_path)
+            res = self.flow.transport(x_0, atoms, context, prior.float().expand(B, -1), n_steps=n_steps, solver=solver, return_path=return_path,
+                                     new_context=new_context)
             x_1, path = res if return_path else (res, None)
             outs.append(x_1.reshape(-1, D).numpy())
             if return_path:
@@ -442,7 +489,7 @@ class PerturbFlow:
         dir_path
             Folder to write. It must not hold files unless ``overwrite`` is true.
         overwrite
-            Replace the files of an existing model folder.
+            Replace an existing folder (only once the new one is complete).
         """
         self._check_trained()
         write_model(self, Path(dir_path), overwrite)

@@ -95,6 +95,11 @@ class BaselinePrior:
             transfer=np.array([t.bandwidth, t.specificity]),
             control_contexts=np.array(names, dtype=str),
             control_means=np.stack([t.control_means[c] for c in names]) if names else np.zeros((0, 0)),
+            # the gene-space statistics behind the per-perturbation shrinkage
+            effect_atoms=np.array(["+".join(sorted(a)) for a, _ in t.effects], dtype=str),
+            effect_contexts=np.array([c for _, c in t.effects], dtype=str),
+            effects=np.stack(list(t.effects.values())) if t.effects else np.zeros((0, 0)),
+            effect_noise=np.array([t.noise.get(k, np.nan) for k in t.effects]),
         )
 
     @classmethod
@@ -105,8 +110,13 @@ class BaselinePrior:
                 return cls(dict(zip(keys, f["shifts"])))
             means = {str(c): m for c, m in zip(f["control_contexts"], f["control_means"])}
             bandwidth, specificity = (float(x) for x in f["transfer"])
+            effects, noise = {}, {}
+            if "effects" in f:
+                effect_keys = [(frozenset(a.split("+")), str(c)) for a, c in zip(f["effect_atoms"], f["effect_contexts"])]
+                effects = dict(zip(effect_keys, f["effects"]))
+                noise = {k: float(v) for k, v in zip(effect_keys, f["effect_noise"]) if np.isfinite(v)}
             return cls(
                 dict(zip(keys, f["shifts"])),
                 dict(zip(keys, f["sizes"].tolist())),
-                ContextTransfer(means, bandwidth, specificity),
+                ContextTransfer(means, bandwidth, specificity, effects, noise),
             )

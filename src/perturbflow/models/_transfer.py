@@ -11,11 +11,19 @@ perturbation's own weighted effect with the weighted pooled effect of all pertur
 ``effect(p, c) = a * sum_c' w(c') effect(p, c') + (1 - a) * sum_c' w(c') pooled(c')``,
 
 which shrinks towards the shared response of the contexts when the perturbation's own
-effect does not carry over. The relative bandwidth ``h`` and the specificity ``a`` are
-**chosen from the training data** by leave-one-context-out cross-validation (the squared
-error of every training group predicted from the other contexts), so no constant is tuned
-per dataset: ``h = inf, a = 1`` is the plain mean shift of the other contexts, and it is
-what the selection keeps unless another setting predicts held-out contexts better.
+effect does not carry over.
+
+The specificity ``a`` is set **per perturbation** by empirical Bayes (James-Stein over the
+genes, positive part): ``a = 1 - V / S``, clipped to ``[0, 1]``, with ``S`` the mean squared
+distance of the perturbation's weighted effect from the pooled effect and ``V`` its expected
+squared error as a prediction of a new context's effect: the sampling noise of the group
+means (the cells' variance over their number, for the perturbed and the control cells)
+plus the variance of the effect between contexts beyond that noise. A strong effect that is
+the same in every context keeps ``a`` near 1 (the plain mean shift of that perturbation);
+a weak or inconsistent one shrinks towards the pooled effect (Efron & Morris 1973). The
+relative bandwidth ``h`` is **chosen from the training data** by leave-one-context-out
+cross-validation (the squared error of every training group predicted from the other
+contexts), so no constant is tuned per dataset; ties go to ``h = inf`` (equal weights).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 GroupKey = tuple[frozenset, str]
 BANDWIDTHS = (np.inf, 1.0, 0.25, 0.1)  # relative to the median distance; inf = equal weights
-SPECIFICITIES = (1.0, 0.75, 0.5, 0.25, 0.0)  # weight of the perturbation's own effect
+SHRINK = float("nan")  # specificity set per perturbation by empirical Bayes
 
 
 @dataclass
@@ -43,12 +51,51 @@ class ContextTransfer:
     bandwidth
         Relative kernel bandwidth ``h`` (``inf``: every context weighs the same).
     specificity
-        Weight ``a`` of the perturbation's own effect against the pooled effect.
+        Weight ``a`` of the perturbation's own effect against the pooled effect; ``nan`` (the
+        default) sets it per perturbation by empirical Bayes from ``effects`` and ``noise``.
+    effects
+        ``{(atoms, context): mean log-normalised shift}``, the gene-space effects that judge
+        how consistent a perturbation is (whatever space is being transferred).
+    noise
+        ``{(atoms, context): sampling variance of that shift, averaged over genes}``.
     """
 
     control_means: dict[str, np.ndarray] = field(default_factory=dict)
     bandwidth: float = np.inf
-    specificity: float = 1.0
+    specificity: float = SHRINK
+    effects: dict[GroupKey, np.ndarray] = field(default_factory=dict)
+    noise: dict[GroupKey, float] = field(default_factory=dict)
+
+    def shrinkage(self, atoms: frozenset, seen: list[str], w_seen: np.ndarray, others: list[str],
+                  w_others: np.ndarray) -> float:
+        """The specificity ``a`` of ``atoms`` seen in contexts ``seen`` with weights ``w_seen``.
+
+        The global ``specificity`` when it is a number; otherwise the positive-part
+        James-Stein factor of the module docstring, from the gene-space ``effects`` and
+        ``noise``. A perturbation without those statistics keeps its own effect (``a = 1``).
+        """
+        if not np.isnan(self.specificity):
+            return self.specificity
+        keys = [(atoms, c) for c in seen]
+        if not all(k in self.effects and k in self.noise for k in keys) or not others:
+            return 1.0
+        own = np.stack([self.effects[k] for k in keys])  # (K, G)
+        noise = np.array([self.noise[k] for k in keys])  # (K,)
+        if "_pooled" not in self.__dict__:  # the gene-space pooled effects, computed once
+            self._pooled = pooled_effects(self.effects, {}, weighted=False)
+        pooled = self._pooled
+        if any(c not in pooled for c in others):
+            return 1.0
+        specific = w_seen @ own  # (G,)
+        shared = w_others @ np.stack([pooled[c] for c in others])  # (G,)
+        between = 0.0  # variance of the effect between contexts, beyond sampling noise
+        if len(keys) > 1:
+            between = max(0.0, float(np.mean(np.var(own, axis=0, ddof=1))) - float(noise.mean()))
+        expected_error = between + float(np.sum(w_seen**2 * (noise + between)))
+        spread = float(np.mean((specific - shared) ** 2))
+        if spread <= 0:
+            return 0.0
+        return float(np.clip(1.0 - expected_error / spread, 0.0, 1.0))
 
     def weights(self, context: str, others: list[str], control_mean: np.ndarray | None = None) -> np.ndarray:
         """Normalised kernel weights of ``others`` for ``context`` (described by ``control_mean``)."""
@@ -78,11 +125,14 @@ class ContextTransfer:
         w_seen = np.array([w.get(c, 0.0) for c in seen])
         if w_seen.sum() <= 0:
             w_seen = np.ones(len(seen))
-        specific = np.tensordot(w_seen / w_seen.sum(), np.stack(list(seen.values())), axes=1)
-        if self.specificity >= 1.0 or not others:
+        w_seen = w_seen / w_seen.sum()
+        specific = np.tensordot(w_seen, np.stack(list(seen.values())), axes=1)
+        w_others = np.array([w[c] for c in others])
+        a = self.shrinkage(atoms, list(seen), w_seen, others, w_others)
+        if a >= 1.0 or not others:
             return specific
-        shared = np.tensordot(np.array([w[c] for c in others]), np.stack([pooled[c] for c in others]), axes=1)
-        return self.specificity * specific + (1 - self.specificity) * shared
+        shared = np.tensordot(w_others, np.stack([pooled[c] for c in others]), axes=1)
+        return a * specific + (1 - a) * shared
 
     @classmethod
     def select(
@@ -90,45 +140,51 @@ class ContextTransfer:
         shifts: dict[GroupKey, np.ndarray],
         sizes: dict[GroupKey, int],
         control_means: dict[str, np.ndarray],
-    ) -> tuple[ContextTransfer, dict[tuple[float, float], float]]:
-        """Choose bandwidth and specificity by leave-one-context-out squared error.
+        noise: dict[GroupKey, float] | None = None,
+    ) -> tuple[ContextTransfer, dict[float, float]]:
+        """Choose the bandwidth by leave-one-context-out squared error.
 
-        Returns the chosen transfer and the cross-validated mean squared error of every
-        setting tried (empty when fewer than two contexts hold perturbed cells, in which case
-        the plain mean shift is kept). Ties go to the earlier setting of the grid (the
+        ``shifts`` are the gene-space effects of the training groups and ``noise`` their
+        sampling variances (see the class); the specificity is set per perturbation from
+        them. Returns the chosen transfer and the cross-validated mean squared error of every
+        bandwidth tried (empty when fewer than two contexts hold perturbed cells, in which case
+        the plain weights are kept). Ties go to the earlier bandwidth of the grid (the
         plainer one).
         """
+        noise = noise or {}
         contexts = sorted({c for _, c in shifts})
+        plain = cls(control_means, effects=dict(shifts), noise=dict(noise))
         if len(contexts) < 2:
-            return cls(control_means), {}
+            return plain, {}
         folds = []  # (the held context's groups, the other contexts' shifts and pooled effects)
         for held in contexts:
             rest = {k: v for k, v in shifts.items() if k[1] != held}
             folds.append(([(k, v) for k, v in shifts.items() if k[1] == held], rest, pooled_effects(rest, sizes)))
-        scores: dict[tuple[float, float], float] = {}
+        scores: dict[float, float] = {}
         for h in BANDWIDTHS:
-            for a in SPECIFICITIES:
-                candidate = cls(control_means, h, a)
-                errors = []
-                for held_groups, rest, pooled in folds:
-                    for (atoms, c), true in held_groups:
-                        pred = candidate.transfer(atoms, c, rest, pooled)
-                        if pred is not None:
-                            errors.append(np.mean((pred - true) ** 2))
-                if errors:
-                    scores[(h, a)] = float(np.mean(errors))
+            errors = []
+            for held_groups, rest, pooled in folds:
+                candidate = cls(control_means, h, SHRINK, rest, noise)
+                for (atoms, c), true in held_groups:
+                    pred = candidate.transfer(atoms, c, rest, pooled)
+                    if pred is not None:
+                        errors.append(np.mean((pred - true) ** 2))
+            if errors:
+                scores[h] = float(np.mean(errors))
         if not scores:
-            return cls(control_means), {}
+            return plain, {}
         best = min(scores, key=lambda k: round(scores[k], 12))
-        logger.info("context transfer chosen by leave-one-context-out: bandwidth %s, specificity %.2f", *best)
-        return cls(control_means, *best), scores
+        logger.info("context transfer chosen by leave-one-context-out: bandwidth %s", best)
+        return cls(control_means, best, SHRINK, dict(shifts), dict(noise)), scores
 
 
-def pooled_effects(shifts: dict[GroupKey, np.ndarray], sizes: dict[GroupKey, int]) -> dict[str, np.ndarray]:
-    """Cell-weighted mean effect of all perturbations of each context."""
+def pooled_effects(
+    shifts: dict[GroupKey, np.ndarray], sizes: dict[GroupKey, int], weighted: bool = True
+) -> dict[str, np.ndarray]:
+    """Cell-weighted (or, with ``weighted=False``, plain) mean effect of all perturbations of each context."""
     out = {}
     for c in sorted({c for _, c in shifts}):
         keys = [k for k in shifts if k[1] == c]
-        w = np.array([sizes.get(k, 1) for k in keys], dtype=np.float64)
+        w = np.array([sizes.get(k, 1) if weighted else 1 for k in keys], dtype=np.float64)
         out[c] = np.tensordot(w / w.sum(), np.stack([shifts[k] for k in keys]), axes=1)
     return out

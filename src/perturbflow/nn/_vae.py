@@ -176,6 +176,23 @@ class CountVAE:
         return sp.vstack(samples).tocsr(), np.concatenate(means)
 
     @torch.no_grad()
+    def log_change(self, z_0: np.ndarray, z_1: np.ndarray, library: np.ndarray) -> np.ndarray:
+        """Per cell, ``log1p(1e4 mu(z_1) / l) - log1p(1e4 mu(z_0) / l)`` at library ``l``, ``(n, G)``.
+
+        The change of log-normalised expression the decoder gives for moving each cell from
+        ``z_0`` to ``z_1``; it depends on the cell's state, not only on the move.
+        """
+        out = []
+        for start in range(0, len(z_0), CHUNK):
+            sl = slice(start, start + CHUNK)
+            lib = torch.as_tensor(library[sl], dtype=torch.float32).clamp(min=1)  # (n,)
+            scale = (TARGET_SUM / lib).unsqueeze(-1)  # (n, 1)
+            mu_0 = self.distribution(torch.as_tensor(z_0[sl], dtype=torch.float32), lib).mean
+            mu_1 = self.distribution(torch.as_tensor(z_1[sl], dtype=torch.float32), lib).mean
+            out.append((torch.log1p(mu_1 * scale) - torch.log1p(mu_0 * scale)).numpy())  # (n, G)
+        return np.concatenate(out)
+
+    @torch.no_grad()
     def decode_delta(
         self,
         z_0: np.ndarray,
@@ -207,9 +224,7 @@ class CountVAE:
             x = _dense_rows(counts, rows[sl])  # (n, G)
             lib = x.sum(-1).clamp(min=1)  # (n,)
             scale = (TARGET_SUM / lib).unsqueeze(-1)  # (n, 1)
-            mu_0 = self.distribution(torch.as_tensor(z_0[sl]), lib).mean
-            mu_1 = self.distribution(torch.as_tensor(z_1[sl]), lib).mean
-            change = torch.log1p(mu_1 * scale) - torch.log1p(mu_0 * scale)  # (n, G)
+            change = torch.from_numpy(self.log_change(z_0[sl], z_1[sl], lib.numpy()))  # (n, G)
             if gene_shift is not None:
                 change += torch.as_tensor(gene_shift[shift_of_rows[sl]], dtype=torch.float32)
             moved = (torch.log1p(x * scale) + change).clamp(min=0).numpy()  # (n, G) log1p-normalised

@@ -21,6 +21,7 @@ def build_flow(config, n_atoms: int) -> LatentFlowModule:
         backbone_kwargs=config.backbone_kwargs,
         residual_prior=config.residual_prior,
         atom_pooling=config.atom_pooling,
+        context_dropout=config.context_dropout,
     )
 
 

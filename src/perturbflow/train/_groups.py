@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from perturbflow.data import Group
 from perturbflow.metrics._expression import group_means
@@ -36,19 +37,28 @@ def cells_by_group(
 
 def gene_space_shifts(
     logx, cells: dict[GroupKey, np.ndarray], control_mask: np.ndarray, contexts: np.ndarray
-) -> tuple[dict[GroupKey, np.ndarray], dict[str, np.ndarray]]:
-    """Each group's mean log-normalised shift from its context's control cells, and the mean
-    log-normalised expression of each context's control cells."""
+) -> tuple[dict[GroupKey, np.ndarray], dict[str, np.ndarray], dict[GroupKey, float]]:
+    """Each group's mean log-normalised shift from its context's control cells, the mean
+    log-normalised expression of each context's control cells, and the sampling variance of
+    each shift averaged over genes (``var(group) / n + var(controls) / n_controls``)."""
     keys = list(cells)
     codes = np.full(logx.shape[0], -1)
     for i, k in enumerate(keys):
         codes[cells[k]] = i
     ctx_names = sorted(set(contexts[control_mask]))
     ctrl_codes = np.where(control_mask, np.searchsorted(ctx_names, contexts), -1)
-    means = group_means(logx, codes, len(keys))
-    ctrl = group_means(logx, ctrl_codes, len(ctx_names))
-    shifts = {k: means[i] - ctrl[ctx_names.index(k[1])] for i, k in enumerate(keys)}
-    return shifts, dict(zip(ctx_names, ctrl))
+    squares = logx.multiply(logx) if sp.issparse(logx) else np.square(logx)
+    means, sq = group_means(logx, codes, len(keys)), group_means(squares, codes, len(keys))
+    ctrl, ctrl_sq = group_means(logx, ctrl_codes, len(ctx_names)), group_means(squares, ctrl_codes, len(ctx_names))
+    n = np.bincount(codes[codes >= 0], minlength=len(keys))
+    n_ctrl = np.bincount(ctrl_codes[ctrl_codes >= 0], minlength=len(ctx_names))
+    ctrl_noise = np.maximum(ctrl_sq - ctrl**2, 0).mean(1) / np.maximum(n_ctrl - 1, 1)  # (C,)
+    shifts, noise = {}, {}
+    for i, k in enumerate(keys):
+        j = ctx_names.index(k[1])
+        shifts[k] = means[i] - ctrl[j]
+        noise[k] = float(np.maximum(sq[i] - means[i] ** 2, 0).mean() / max(n[i] - 1, 1) + ctrl_noise[j])
+    return shifts, dict(zip(ctx_names, ctrl)), noise
 
 
 def build_groups(
@@ -57,9 +67,11 @@ def build_groups(
     atom_index: dict[str, int],
     context_index: dict[str, int],
     control_rows: dict[str, np.ndarray],
+    own_prior: bool = False,
 ) -> list[Group]:
     """The flow's :class:`~perturbflow.data.Group` of each (atom set, context), its prior from
-    ``prior`` (a :class:`~perturbflow.models._prior.BaselinePrior`, leaving the group out)."""
+    ``prior`` (a :class:`~perturbflow.models._prior.BaselinePrior`): leaving the group out, or
+    with ``own_prior`` the group's own measured shift."""
     return [
         Group(
             "+".join(sorted(a)),
@@ -67,7 +79,25 @@ def build_groups(
             np.array([atom_index[x] for x in sorted(a)]),
             target,
             control_rows[c],
-            prior.prior(a, c),
+            prior.shifts[(a, c)] if own_prior and (a, c) in prior.shifts else prior.prior(a, c),
         )
         for (a, c), target in cells.items()
     ]
+
+
+def decoded_shifts(
+    vae, z_all: np.ndarray, library: np.ndarray, latent_shifts: dict[GroupKey, np.ndarray],
+    control_rows: dict[str, np.ndarray], seed: int, max_cells: int = 256,
+) -> dict[GroupKey, np.ndarray]:
+    """Each group's latent mean shift as the decoder carries it to genes: the mean over (up to
+    ``max_cells``) control cells of its context of the log-normalised change of moving each
+    cell's latent by the shift (:meth:`~perturbflow.nn.CountVAE.log_change`)."""
+    rng = np.random.default_rng(seed)
+    picked = {
+        c: rng.choice(r, min(len(r), max_cells), replace=False) for c, r in control_rows.items()
+    }
+    out = {}
+    for (atoms, c), shift in latent_shifts.items():
+        rows = picked[c]
+        out[(atoms, c)] = vae.log_change(z_all[rows], z_all[rows] + shift, library[rows]).mean(0)
+    return out
