@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts
 from tasks import DEFAULT_DATA_DIR, RESULTS_DIR, TASKS, save_results
 
-from perturbflow.metrics._expression import dense_rows, log_normalize_rows
+from perturbflow.data._expression import dense_rows, log_normalize_rows
 from perturbflow.models import PerturbFlowConfig
 from perturbflow.nn import CountVAE
 

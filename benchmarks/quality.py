@@ -25,9 +25,12 @@ spread over seeds per fold and overall.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -96,6 +99,26 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
     }
 
 
+def run_unit(unit: tuple, data_dir: Path, config: dict, ablation: bool, threads: int) -> pd.DataFrame:
+    """Train and score one (dataset, fold, backbone, seed): the rows of its summary table."""
+    name, fold, backbone, seed = unit
+    torch.set_num_threads(threads)
+    task = fold_task(name, fold, data_dir)
+    table, timing = run_task(task, backbone, seed, config, ablation)
+    summary = summarize(table).reset_index()
+    for col, value in (("seed", seed), ("backbone", backbone), ("task", task.name), ("dataset", name)):
+        summary.insert(0, col, value)
+    for k, v in timing.items():
+        summary[k] = [v if m == "perturbflow" else float("nan") for m in summary["model"]]
+    show = summary[["model", *[c for c in HEADLINE if c in summary.columns]]]
+    print(f"\n== {task.name} / {backbone} / seed {seed}: train {timing['train_s']:.0f} s, "
+          f"predict {timing['cells_per_s']:.0f} cells/s, correction applied "
+          f"{timing['applied_correction_scale']} (calibrated {timing['correction_scale']}), "
+          f"transfer bandwidth {timing['transfer_bandwidth']}")
+    print(show.to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
+    return summary
+
+
 def main(argv=None, tasks=tuple(FOLDS), backbones=("mlp",), out_name="quality.csv", doc=__doc__) -> None:
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=list(tasks), choices=list(FOLDS))
@@ -107,35 +130,37 @@ def main(argv=None, tasks=tuple(FOLDS), backbones=("mlp",), out_name="quality.cs
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--config", nargs="*", default=[], help="PerturbFlowConfig overrides, KEY=VALUE")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (the CI machine has 2 cores)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads in all (the CI machine has 2 cores)")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="runs side by side, each with threads/jobs torch threads (1: one after another)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    config = {k: type(getattr(pf.PerturbFlowConfig(), k))(v) for k, v in (kv.split("=", 1) for kv in args.config)}
+    defaults = pf.PerturbFlowConfig()
+    config = {}
+    for key, value in (kv.split("=", 1) for kv in args.config):
+        kind = type(getattr(defaults, key))
+        config[key] = value == "True" if kind is bool else kind(value)
     seeds = [0] if args.quick else args.seeds
     out = args.out or RESULTS_DIR / (out_name.replace(".csv", "_quick.csv") if args.quick else out_name)
+    units = []  # seed by seed, so that a stopped run has every fold of its first seeds
+    for seed in seeds:
+        for name in args.tasks:
+            folds = FOLDS[name][:1] if args.quick else [f for f in FOLDS[name] if not args.folds or f in args.folds]
+            units += [(name, fold, backbone, seed) for fold in folds for backbone in args.backbones]
+    threads = max(1, args.threads // args.jobs)
+    run = partial(run_unit, data_dir=args.data_dir, config=config, ablation=args.ablation, threads=threads)
 
     rows = []
-    for name in args.tasks:
-        folds = FOLDS[name][:1] if args.quick else [f for f in FOLDS[name] if not args.folds or f in args.folds]
-        for fold in folds:
-            task = fold_task(name, fold, args.data_dir)
-            for backbone in args.backbones:
-                for seed in seeds:
-                    table, timing = run_task(task, backbone, seed, config, args.ablation)
-                    summary = summarize(table).reset_index()
-                    for col, value in (("seed", seed), ("backbone", backbone), ("task", task.name),
-                                       ("dataset", name)):
-                        summary.insert(0, col, value)
-                    for k, v in timing.items():
-                        summary[k] = [v if m == "perturbflow" else float("nan") for m in summary["model"]]
-                    rows.append(summary)
-                    show = summary[["model", *[c for c in HEADLINE if c in summary.columns]]]
-                    print(f"\n== {task.name} / {backbone} / seed {seed}: train {timing['train_s']:.0f} s, "
-                          f"predict {timing['cells_per_s']:.0f} cells/s, correction applied "
-                          f"{timing['applied_correction_scale']} (calibrated {timing['correction_scale']}), "
-                          f"transfer bandwidth {timing['transfer_bandwidth']}")
-                    print(show.to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
-                    save_results(pd.concat(rows, ignore_index=True), out)  # partial results survive a stop
+    start = time.perf_counter()
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for summary in pool.map(run, units):
+                rows.append(summary)
+                save_results(pd.concat(rows, ignore_index=True), out)  # partial results survive a stop
+    else:
+        for unit in units:
+            rows.append(run(unit))
+            save_results(pd.concat(rows, ignore_index=True), out)
+    print(f"{len(units)} runs in {(time.perf_counter() - start) / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from threadpoolctl import threadpool_limits
 
 from perturbflow._errors import PerturbFlowError
 from perturbflow.data import synthetic
-from perturbflow.metrics._baselines import mean_exact_shift
 from perturbflow.metrics import (
     Baseline,
     evaluate_predictions,
@@ -22,6 +21,7 @@ from perturbflow.metrics import (
     noise_ceiling_split,
     register_baseline,
 )
+from perturbflow.metrics._baselines import mean_exact_shift
 
 KEYS = dict(perturbation_key="perturbation", control_value="control")
 

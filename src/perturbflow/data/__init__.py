@@ -1,5 +1,6 @@
-"""Data: setup and validation, perturbation parsing, pairing, synthetic data."""
+"""Data: setup and validation, perturbation parsing, log-normalisation, pairing, synthetic data."""
 
+from perturbflow.data._expression import TARGET_SUM, group_means, log_normalize, log_normalize_rows
 from perturbflow.data._pairing import Group, PairedSetDataset, ot_pairing
 from perturbflow.data._perturbations import canonical_label, parse_perturbation
 from perturbflow.data._setup import (
@@ -14,6 +15,7 @@ from perturbflow.data._synthetic import synthetic
 from perturbflow.data._validate import check_counts, get_counts
 
 __all__ = [
+    "TARGET_SUM",
     "DataRegistry",
     "Group",
     "PairedSetDataset",
@@ -22,6 +24,9 @@ __all__ = [
     "context_labels",
     "get_counts",
     "get_registry",
+    "group_means",
+    "log_normalize",
+    "log_normalize_rows",
     "ot_pairing",
     "parse_perturbation",
     "perturbation_atoms",

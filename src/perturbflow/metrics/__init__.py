@@ -1,5 +1,6 @@
 """Evaluation: metrics of predicted against real cells, and simple baselines."""
 
+from perturbflow.data import log_normalize
 from perturbflow.metrics._baselines import (
     AdditiveBaseline,
     Baseline,
@@ -14,7 +15,6 @@ from perturbflow.metrics._baselines import (
 from perturbflow.metrics._de import de_overlap, rank_genes, top_de_genes
 from perturbflow.metrics._distances import energy_distance, energy_floor, mmd_rbf
 from perturbflow.metrics._evaluate import evaluate_predictions, summarize
-from perturbflow.metrics._expression import log_normalize
 from perturbflow.metrics._linear import LinearBaseline
 from perturbflow.metrics._metrics import (
     discrimination_score_l1,

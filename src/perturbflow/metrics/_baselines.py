@@ -23,7 +23,7 @@ from anndata import AnnData
 
 from perturbflow._errors import PerturbFlowError
 from perturbflow.data import get_counts, parse_perturbation
-from perturbflow.metrics._expression import (
+from perturbflow.data._expression import (
     TARGET_SUM,
     group_means,
     log_normalize_rows,

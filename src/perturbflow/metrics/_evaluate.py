@@ -13,9 +13,9 @@ from sklearn.decomposition import PCA
 
 from perturbflow._errors import PerturbFlowError
 from perturbflow.data import get_counts, parse_perturbation
+from perturbflow.data._expression import dense_rows, group_means, log_normalize_rows
 from perturbflow.metrics._de import de_overlap, top_de_genes
 from perturbflow.metrics._distances import energy_distance, energy_floor, mmd_rbf
-from perturbflow.metrics._expression import dense_rows, group_means, log_normalize_rows
 from perturbflow.metrics._groups import (
     as_key_list,
     canonical_labels,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -19,12 +20,12 @@ from perturbflow.data import (
     context_labels,
     get_counts,
     get_registry,
+    log_normalize_rows,
     perturbation_atoms,
     setup_anndata,
     split_labels,
 )
 from perturbflow.flow import LatentFlowModule
-from perturbflow.metrics._expression import log_normalize_rows
 from perturbflow.metrics._likelihood import DISPERSION_KEY
 from perturbflow.models._config import PerturbFlowConfig
 from perturbflow.models._inputs import aligned_counts, control_cells, requested_perturbations
@@ -179,6 +180,7 @@ class PerturbFlow:
         atoms = perturbation_atoms(adata, reg)
 
         pl.seed_everything(seed, workers=True, verbose=False)
+        start = time.perf_counter()
         logger.info("stage 1: count VAE on %d cells x %d genes", int(fit_mask.sum()), adata.n_vars)
         self.vae = CountVAE.fit(
             get_counts(adata, reg.layer),
@@ -192,6 +194,8 @@ class PerturbFlow:
             progress_bar=progress_bar,
             seed=seed,
         )
+        logger.info("stage 1 done in %.0f s", time.perf_counter() - start)
+        start = time.perf_counter()
         z = self.vae.latent(get_counts(adata, reg.layer), np.flatnonzero(fit_mask))
         rows = np.flatnonzero(fit_mask)
         z_all = np.zeros((adata.n_obs, z.shape[1]), dtype=np.float32)
@@ -230,6 +234,8 @@ class PerturbFlow:
         )
         own = self.config.flow_prior == "own"
         fit_groups = build_groups(train_cells, self.prior, atom_index, ctx_index, control_rows, own_prior=own)
+        logger.info("priors and groups in %.0f s", time.perf_counter() - start)
+        start = time.perf_counter()
         logger.info("stage 2: latent flow on %d groups (%d validation)", len(train_groups), len(val_groups))
 
         fit = dict(z_all=z_all, stats=stats, max_epochs=flow_max_epochs or max_epochs, accelerator=accelerator,
@@ -246,6 +252,7 @@ class PerturbFlow:
         names = list(ctx_index)
         self.flow_contexts = sorted({names[g.context] for g in fitting})
         self.flow = fit_flow(self.config, len(self.atoms), fitting, val_groups, **fit)
+        logger.info("stage 2 done in %.0f s", time.perf_counter() - start)
         if calibration:
 
             def transport(z0, atom_ids, context, prior):

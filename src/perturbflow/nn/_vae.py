@@ -11,10 +11,11 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from perturbflow.data import TARGET_SUM
+
 logger = logging.getLogger(__name__)
 
 CHUNK = 2048
-TARGET_SUM = 1e4
 VALIDATION_FRACTION = 0.1  # of the training cells, as scvi-tools' default train_size of 0.9
 
 

@@ -6,7 +6,12 @@ from perturbflow.train._calibration import (
     choose_correction_scale,
 )
 from perturbflow.train._fit_flow import build_flow, fit_flow
-from perturbflow.train._groups import build_groups, cells_by_group, decoded_shifts, gene_space_shifts
+from perturbflow.train._groups import (
+    build_groups,
+    cells_by_group,
+    decoded_shifts,
+    gene_space_shifts,
+)
 from perturbflow.train._plan import FlowTrainingPlan
 
 __all__ = [

@@ -9,7 +9,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from perturbflow.data import Group
-from perturbflow.metrics._expression import group_means
+from perturbflow.data._expression import group_means
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Log-normalised expression, the scale every metric is computed on.
+"""Log-normalised expression, the scale models and metrics both work on.
 
 ``log1p(normalize_total(x, target_sum))`` as in :func:`scanpy.pp.normalize_total` followed by
 :func:`scanpy.pp.log1p`, done row by row so that a sparse matrix stays sparse until a subset
@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from perturbflow._errors import PerturbFlowError
-from perturbflow.data import get_counts
+from perturbflow.data._validate import get_counts
 
 TARGET_SUM = 1e4
 
