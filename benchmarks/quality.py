@@ -15,7 +15,8 @@ Each (fold, seed) trains the default model once and scores, on the same held-out
 - ablations of the same trained model: ``prior_only`` (the flow's correction off, the prior's
   latent shift decoded per cell), ``flow_full`` (the whole correction in every context);
   with ``--ablation`` also ``flow_only`` (a model trained without the baseline prior);
-- ``latent_shift``: scGen's latent arithmetic with the model's own VAE;
+- ``latent_shift``: scGen's latent arithmetic with the model's own VAE (the decoder's means;
+  ``latent_shift_X``: counts sampled from the decoder, as scGen-style models give them);
 - the gene-space baselines (``additive_exact`` among them) and the split-half noise ceiling.
 
 ``python benchmarks/report.py benchmarks/results/quality.csv --folds`` prints the mean and
@@ -82,8 +83,8 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
     for name, scale in (("prior_only", 0.0), ("flow_full", 1.0)):
         with forced_correction(model, scale):
             tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, name))
-    tables.append(score(model.predict(controls, task.perturbations, seed=seed, method="latent_shift"),
-                        task, seed, "latent_shift"))
+    scgen = model.predict(controls, task.perturbations, seed=seed, method="latent_shift")
+    tables += [score(scgen, task, seed, "latent_shift"), score(scgen, task, seed, "latent_shift_X", pred_layer=None)]
     if ablation:
         flow_only = pf.PerturbFlow(adata, backbone=backbone, **{**config, "residual_prior": False})
         flow_only.train(seed=seed, progress_bar=False)

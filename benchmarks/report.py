@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/report.py results/quality.csv             # per-task tables, markdown
     python benchmarks/report.py results/backbones.csv --summary # one row per task and backbone
+    python benchmarks/report.py results/quality.csv --folds     # mean and spread over seeds, per fold
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import pandas as pd
 
 COLUMNS = ["pearson_delta", "pearson_delta_top20", "mse_top20", "energy_distance", "energy_floor", "mmd",
            "discrimination_l1", "de_overlap", "nb_loglik"]
-BASELINES = ["control", "train_mean", "context_mean", "mean_shift", "additive", "linear"]
+BASELINES = ["control", "train_mean", "context_mean", "mean_shift", "additive", "additive_exact", "linear"]
+# rows of the per-fold tables: the model, its ablations, the baselines a user would compare with
+FOLD_MODELS = ["perturbflow", "perturbflow_X", "prior_only", "flow_full", "flow_only", "latent_shift", "latent_shift_X",
+               "train_mean", "mean_shift", "additive", "additive_exact", "linear", "noise_ceiling"]
 TIMING = ["train_s", "predict_s", "cells_per_s", "backbone_params"]
 
 
@@ -73,8 +77,46 @@ def summary(path: str) -> None:
     print(to_markdown(pd.DataFrame(rows)))
 
 
+def _mean_sd(values: pd.Series) -> str:
+    if values.isna().all():
+        return ""
+    return f"{values.mean():.3f}" + (f" ± {values.std(ddof=1):.3f}" if values.notna().sum() > 1 else "")
+
+
+def folds(path: str) -> None:
+    """Per fold and per dataset: top-20 Pearson delta and the energy's excess over its floor,
+    mean ± standard deviation over seeds (the dataset rows average the folds of each seed first)."""
+    df = pd.read_csv(path)
+    df = df[df["model"].isin(FOLD_MODELS)].copy()
+    df["energy_excess"] = df["energy_distance"] - df["energy_floor"]
+    print(f"Command: `{df['command'].iloc[0]}`\n")
+    seeds = sorted(int(s) for s in df["seed"].unique())
+    for dataset, part in df.groupby("dataset", sort=False):
+        print(f"### {dataset}: top-20 Pearson delta / energy excess over the floor, seeds {seeds}\n")
+        tasks = list(dict.fromkeys(part["task"]))
+        by_seed = part.groupby(["model", "seed"])[["pearson_delta_top20", "energy_excess"]].mean()
+        rows = []
+        for model in [m for m in FOLD_MODELS if m in set(part["model"])]:
+            row = {"model": model}
+            for task in tasks:
+                cell = part[(part["task"] == task) & (part["model"] == model)]
+                row[task.split("_", 1)[-1]] = f"{_mean_sd(cell['pearson_delta_top20'])} / {_mean_sd(cell['energy_excess'])}"
+            if len(tasks) > 1:
+                mine = by_seed.loc[model]
+                row["mean of folds"] = f"{_mean_sd(mine['pearson_delta_top20'])} / {_mean_sd(mine['energy_excess'])}"
+            rows.append(row)
+        print(to_markdown(pd.DataFrame(rows)) + "\n")
+        timing = part[part["model"] == "perturbflow"]
+        applied = (timing["applied_correction_scale"] > 0).sum()
+        print(f"train {timing['train_s'].mean():.0f} s on average ({timing['train_s'].min():.0f}–"
+              f"{timing['train_s'].max():.0f}); the flow's correction was applied in {applied} of "
+              f"{len(timing)} runs (calibrated scales: {sorted(float(v) for v in timing['correction_scale'].unique())})\n")
+
+
 if __name__ == "__main__":
-    if "--summary" in sys.argv:
+    if "--folds" in sys.argv:
+        folds(sys.argv[1])
+    elif "--summary" in sys.argv:
         summary(sys.argv[1])
     else:
         main(sys.argv[1])

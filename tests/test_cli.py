@@ -111,9 +111,14 @@ def test_predict_bad_input(capsys, files):
 def test_predict_writes_and_refuses_overwrite(capsys, files):
     out = files / "pred_ok.h5ad"
     args = ["predict", files / "model", "--control-cells", files / "controls.h5ad", "--perturbations", "G0+G1", "G2", "--out", out, "--n-cells", 50]
-    assert run(capsys, *args)[0] == 0
+    code = main([str(a) for a in args])
+    printed = capsys.readouterr().out
+    assert code == 0
     pred = ad.read_h5ad(out)
     assert pred.n_obs == 100 and pred.X.dtype.kind == "i"
+    # what the flow contributed is said, per context, and recorded with the prediction
+    applied = pred.uns["perturbflow_prediction"]["flow_correction"]
+    assert "flow correction applied" in printed and all(c in printed for c in applied)
     stamp = out.stat().st_mtime_ns
     code, err = run(capsys, *args)
     assert_one_line_error(code, err, "already exists")

@@ -346,20 +346,23 @@ pf.pl.embedding(pred, real, real_layer=layer, color=["source", "group"], save=FI
 """),
         md("""
 The transfer the cross-validation chose (a finite bandwidth means similar cell types
-count more; specificity 1 means the perturbation's own response, not the pooled one):
+count more). How much of each perturbation's own response is kept, against the response
+pooled over perturbations, is set per perturbation by empirical Bayes: a strong response
+that is the same in every cell type is kept whole, a weak or inconsistent one shrinks:
 """),
         code("""
 transfer = model.gene_prior.transfer
-print(f"bandwidth {transfer.bandwidth}, specificity {transfer.specificity}")
+print(f"bandwidth {transfer.bandwidth}")
 """),
         md("""
-The held-out cell type is new to the flow (it has no stimulated cells in training), so the
-prediction is this transfer alone: the flow's own correction is calibrated on held-out
-training groups of cell types the flow has seen, which say nothing about a new one, and
-is applied only there (`model.correction_scale_in(cell_type)`):
+Each predicted cell moves by what the VAE's decoder gives for moving *that cell's* latent by
+the transferred latent shift, so cells of one type respond differently by their state. The
+flow's own correction beyond that move is calibrated on held-out training groups of cell
+types the flow has seen, which say nothing about a new one; the prediction records what was
+applied in each context:
 """),
         code("""
-print(model.correction_scale, model.correction_scale_in(heldout_type))
+print(pred.uns["perturbflow_prediction"]["flow_correction"])
 """),
     ]
 

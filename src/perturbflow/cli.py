@@ -82,7 +82,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
     model = pf.PerturbFlow(adata, backbone=args.backbone)
     devices = int(args.devices) if str(args.devices).isdigit() else args.devices
-    model.train(max_epochs=args.max_epochs, accelerator=args.accelerator, devices=devices, seed=args.seed)
+    model.train(max_epochs=args.max_epochs, accelerator=args.accelerator, devices=devices, seed=args.seed,
+                progress_bar=not args.quiet)
     write_atomically(args.out, lambda p: model.save(p))
     print(f"saved model to {args.out}")
 
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"])
     p.add_argument("--devices", default="auto", help="number of devices, or auto")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="predict perturbed cells from control cells")

@@ -194,7 +194,10 @@ class PerturbFlow:
             progress_bar=progress_bar,
             seed=seed,
         )
-        logger.info("stage 1 done in %.0f s", time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        epochs = self.vae.epochs
+        logger.info("stage 1 done in %.0f s (%.0f cells/s over %d epochs)", elapsed,
+                    epochs * fit_mask.sum() / max(elapsed, 1e-9), epochs)
         start = time.perf_counter()
         z = self.vae.latent(get_counts(adata, reg.layer), np.flatnonzero(fit_mask))
         rows = np.flatnonzero(fit_mask)
@@ -252,7 +255,10 @@ class PerturbFlow:
         names = list(ctx_index)
         self.flow_contexts = sorted({names[g.context] for g in fitting})
         self.flow = fit_flow(self.config, len(self.atoms), fitting, val_groups, **fit)
-        logger.info("stage 2 done in %.0f s", time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        n_steps = self.config.flow_steps_per_epoch * (flow_max_epochs or max_epochs or self.config.flow_max_epochs)
+        logger.info("stage 2 done in %.0f s (%.0f cells/s over %d steps)", elapsed,
+                    n_steps * self.config.flow_batch_size * self.config.set_size / max(elapsed, 1e-9), n_steps)
         if calibration:
 
             def transport(z0, atom_ids, context, prior):

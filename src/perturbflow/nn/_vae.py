@@ -82,6 +82,7 @@ class CountVAE:
 
     def __init__(self, scvi_model):
         self.scvi_model = scvi_model
+        self.epochs = 0  # of the fit (0 when loaded)
 
     @property
     def module(self):
@@ -135,7 +136,9 @@ class CountVAE:
             datasplitter_kwargs={"external_indexing": [np.sort(order[n_val:]), np.sort(order[:n_val])]},
         )
         model.module.cpu().eval()
-        return cls(model)
+        vae = cls(model)
+        vae.epochs = max_epochs
+        return vae
 
     @torch.no_grad()
     def latent(self, counts, rows: np.ndarray) -> np.ndarray:
