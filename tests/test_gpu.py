@@ -22,14 +22,20 @@ from tests.conftest import is_integer_matrix, small_synthetic
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(),
+        reason="needs a CUDA device (torch.cuda.is_available() is False)",
+    ),
 ]
 
 N_LATENT = 8
 
 
 def _relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
-    return float(torch.linalg.vector_norm(approx.float() - exact) / torch.linalg.vector_norm(exact).clamp(min=1e-12))
+    return float(
+        torch.linalg.vector_norm(approx.float() - exact)
+        / torch.linalg.vector_norm(exact).clamp(min=1e-12)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +80,9 @@ def test_predict_after_gpu_training(gpu_model, gpu_data, gpu_controls):
     assert pred.shape == (n, gpu_data.n_vars)
     assert list(pred.var_names) == list(gpu_data.var_names)
     assert is_integer_matrix(pred.X) and pred.X.dtype.kind == "i"
-    assert pred.layers["expected"].shape == pred.shape and np.all(np.isfinite(pred.layers["expected"]))
+    assert pred.layers["expected"].shape == pred.shape and np.all(
+        np.isfinite(pred.layers["expected"])
+    )
     assert pred.obsm["X_perturbflow"].shape == (n, N_LATENT)
     assert set(pred.obs["perturbation"]) == set(held_out)
 
@@ -86,8 +94,12 @@ def test_save_load_round_trip_after_gpu_training(gpu_model, gpu_data, gpu_contro
     before = gpu_model.predict(gpu_controls, perturbations=held_out, seed=3)
     after = loaded.predict(gpu_controls, perturbations=held_out, seed=3)
     np.testing.assert_array_equal(before.X.toarray(), after.X.toarray())
-    np.testing.assert_allclose(before.layers["expected"], after.layers["expected"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(before.obsm["X_perturbflow"], after.obsm["X_perturbflow"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        before.layers["expected"], after.layers["expected"], rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        before.obsm["X_perturbflow"], after.obsm["X_perturbflow"], rtol=1e-5, atol=1e-6
+    )
 
 
 def _random_flow(backbone: str, n_atoms: int = 5):
@@ -135,7 +147,9 @@ def test_ode_on_cuda_bf16_close_to_float32(backbone):
     inp = _flow_inputs(config)
     with torch.no_grad():
         cond = flow.condition(inp["atoms"], inp["context"], inp["prior"])  # (B, C)
-        x32 = integrate(flow.velocity_field(cond, inp["prior"]), inp["x_0"], n_steps=10)  # (B, S, D)
+        x32 = integrate(
+            flow.velocity_field(cond, inp["prior"]), inp["x_0"], n_steps=10
+        )  # (B, S, D)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             x16 = integrate(flow.velocity_field(cond, inp["prior"]), inp["x_0"], n_steps=10)
     assert x16.shape == x32.shape and torch.isfinite(x16).all()
@@ -152,5 +166,7 @@ def test_transport_on_cuda_matches_cpu():
     flow, config = _random_flow("mlp")
     inp = _flow_inputs(config)
     on_gpu = flow.transport(inp["x_0"], inp["atoms"], inp["context"], inp["prior"], n_steps=10)
-    on_cpu = flow.cpu().transport(*(inp[k].cpu() for k in ("x_0", "atoms", "context", "prior")), n_steps=10)
+    on_cpu = flow.cpu().transport(
+        *(inp[k].cpu() for k in ("x_0", "atoms", "context", "prior")), n_steps=10
+    )
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-4, atol=1e-4)
