@@ -164,7 +164,7 @@ def random_groups(
     return z, stats, [g for g in groups if len(g.target_idx) and len(g.source_idx)], len(atoms)
 
 
-def flow_rows(args, adata: ad.AnnData, accelerator: str) -> list[dict]:
+def flow_rows(args, adata: ad.AnnData, on_device: dict) -> list[dict]:
     rows = []
     for name in args.backbones or sorted(list_backbones()):
         config = pf.PerturbFlowConfig(
@@ -185,10 +185,8 @@ def flow_rows(args, adata: ad.AnnData, accelerator: str) -> list[dict]:
                     z,
                     stats,
                     max_epochs=epochs,
-                    accelerator=accelerator,
-                    devices=1,
                     seed=args.seed,
-                    progress_bar=False,
+                    **on_device,
                 )
             fits[epochs] = m
         last = fits[args.flow_epochs]
@@ -317,6 +315,7 @@ def main() -> None:
         logging.WARNING
     )  # one line per trainer otherwise
     accelerator = "gpu" if args.device == "cuda" else "cpu"
+    on_device = {"accelerator": accelerator, "devices": 1, "progress_bar": False}
     start = time.perf_counter()
     adata = synthetic_counts(args.cells, args.genes, args.atoms, args.controls, args.seed)
     print(
@@ -335,29 +334,22 @@ def main() -> None:
     fitted = int(adata.n_obs * (1 - VALIDATION_FRACTION)) * epochs
     rows = []
     # CUDA context, kernels and allocator warm up here, not in the first measured fit
+    genes = adata.var_names.tolist()
     CountVAE.fit(
         adata.X,
         np.arange(min(adata.n_obs, 5000)),
-        adata.var_names.tolist(),
+        genes,
         config,
-        max_epochs=1,
-        accelerator=accelerator,
-        devices=1,
+        1,
         batch_size=args.batch_size,
-        progress_bar=False,
+        **on_device,
     )
 
     peer = ad.AnnData(X=adata.X, obs=adata.obs[[]].copy(), var=adata.var[[]].copy())
     scvi.model.SCVI.setup_anndata(peer)
-    vae = scvi.model.SCVI(
-        peer,
-        n_hidden=config.n_hidden,
-        n_latent=config.n_latent,
-        n_layers=config.n_layers,
-        dropout_rate=config.dropout_rate,
-        gene_likelihood=config.gene_likelihood,
-        dispersion="gene",
-    )
+    # the architecture of perturbflow's stage 1 (CountVAE.fit)
+    arch = ("n_hidden", "n_latent", "n_layers", "dropout_rate", "gene_likelihood")
+    vae = scvi.model.SCVI(peer, dispersion="gene", **{k: getattr(config, k) for k in arch})
     with Meter(args.device) as m:
         vae.train(
             max_epochs=epochs,
@@ -382,14 +374,12 @@ def main() -> None:
         CountVAE.fit(
             adata.X,
             np.arange(adata.n_obs),
-            adata.var_names.tolist(),
+            genes,
             config,
-            max_epochs=epochs,
-            accelerator=accelerator,
-            devices=1,
+            epochs,
             batch_size=args.batch_size,
-            progress_bar=False,
             seed=args.seed,
+            **on_device,
         )
     rows.append(
         {
@@ -403,7 +393,7 @@ def main() -> None:
     )
     print(f"VAE: {fitted / m.seconds:,.0f} cells/s (SCVI {scvi_rate:,.0f})", flush=True)
 
-    rows += flow_rows(args, adata, accelerator)
+    rows += flow_rows(args, adata, on_device)
 
     pf.PerturbFlow.setup_anndata(
         adata, perturbation_key="perturbation", control_value="control", context_keys=["cell_type"]
