@@ -156,12 +156,6 @@ def test_ode_on_cuda_bf16_close_to_float32(backbone):
     assert _relative_error(x16 - inp["x_0"], x32 - inp["x_0"]) < 5e-2
 
 
-@pytest.mark.xfail(
-    raises=RuntimeError,
-    strict=True,
-    reason="LatentFlowModule.transport builds its null-context mask with torch.full(...) on the CPU, "
-    "so torch.where mixes devices when the flow is on CUDA; pass device=x_0.device there and drop this mark",
-)
 def test_transport_on_cuda_matches_cpu():
     flow, config = _random_flow("mlp")
     inp = _flow_inputs(config)

@@ -83,7 +83,7 @@ class LatentFlowModule(nn.Module):
     ):
         """Integrate sets ``x_0`` of shape ``(B, S, D)`` from t=0 to t=1 under the condition
         (under the null context when ``new_context``)."""
-        null = torch.full((x_0.shape[0],), new_context, dtype=torch.bool)
+        null = torch.full((x_0.shape[0],), new_context, dtype=torch.bool, device=x_0.device)
         cond = self.condition(atoms, context, prior, null)  # (B, C)
         return integrate(
             self.velocity_field(cond, prior),
