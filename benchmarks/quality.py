@@ -13,7 +13,9 @@ Each (fold, seed) trains the default model once and scores, on the same held-out
 - ``perturbflow``: the model's prediction (expected counts, like the baselines);
   ``perturbflow_X``: its sampled integer counts, as a user receives them;
 - ablations of the same trained model: ``prior_only`` (the flow's correction off, the prior's
-  latent shift decoded per cell), ``flow_full`` (the whole correction in every context);
+  latent shift decoded per cell), ``flow_full`` (the whole correction in every context) and
+  ``gene_space_prior`` (the gene-space transfer of the mean change added to every cell, the
+  decode of sessions 1-4);
   with ``--ablation`` also ``flow_only`` (a model trained without the baseline prior);
 - ``latent_shift``: scGen's latent arithmetic with the model's own VAE (the decoder's means;
   ``latent_shift_X``: counts sampled from the decoder, as scGen-style models give them);

@@ -134,6 +134,24 @@ def test_prediction_moves_each_cell_by_its_own_decoded_change(trained_model, con
     assert np.std(trained_model.vae.log_change(z0, z1, library), axis=0).max() > 1e-3
 
 
+def test_cell_response_zero_moves_every_cell_of_a_group_alike(trained_model, controls):
+    saved = trained_model.config.cell_response, trained_model.correction_scale
+    trained_model.config.cell_response, trained_model.correction_scale = 0.0, 0.0
+    try:
+        pred = trained_model.predict(controls, perturbations=["G0"], seed=0)
+    finally:
+        trained_model.config.cell_response, trained_model.correction_scale = saved
+    counts = controls.X.toarray() if hasattr(controls.X, "toarray") else np.asarray(controls.X)
+    src = controls.obs_names.get_indexer(pred.obs["source_cell"])
+    scale = 1e4 / counts[src].sum(1, keepdims=True)
+    moved = np.log1p(pred.layers["expected"] * scale) - np.log1p(counts[src] * scale)
+    for c in pred.obs["cell_type"].unique():
+        rows = (pred.obs["cell_type"] == c).to_numpy()
+        unclipped = pred.layers["expected"][rows] > 0  # clipping at zero is the only difference
+        spread = [np.ptp(moved[rows][unclipped[:, g], g]) for g in range(moved.shape[1]) if unclipped[:, g].sum() > 1]
+        assert max(spread) < 1e-4
+
+
 def test_latent_shift_is_scgen_arithmetic_with_the_model_vae(trained_model, controls):
     pred = trained_model.predict(controls, perturbations=["G0"], seed=0, method="latent_shift")
     src = controls.obs_names.get_indexer(pred.obs["source_cell"])

@@ -67,6 +67,11 @@ class PerturbFlowConfig:
         predicted latent, plus the part of the measured mean changes that the latent does not
         carry, transferred like the shifts) or ``"baseline"`` (the gene-space baseline's
         change plus the decoded change from the baseline's latent end point; sessions 1-4).
+    cell_response
+        With ``gene_offset="residual"``: the share of each cell's own decoded change beyond
+        the mean decoded change of its predicted group (1: every cell moves by what the
+        decoder gives for its own state; 0: every cell of a group moves by the group's mean
+        decoded change).
     n_steps, solver
         Default ODE integration steps and solver at prediction.
     backbone_kwargs
@@ -95,6 +100,7 @@ class PerturbFlowConfig:
     centered_correction: bool = False
     decode: Literal["delta", "direct"] = "delta"
     gene_offset: Literal["residual", "baseline"] = "residual"
+    cell_response: float = 1.0
     n_steps: int = 20
     solver: Literal["euler", "midpoint", "adaptive"] = "midpoint"
     backbone_kwargs: dict = field(default_factory=dict)

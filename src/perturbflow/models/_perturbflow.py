@@ -420,6 +420,10 @@ class PerturbFlow:
                     correction = correction - correction.mean(0)
                 z_pred.append(base + scale * correction)
                 applied[c] = scale
+                if self.config.gene_offset == "residual" and self.config.cell_response < 1:
+                    # the group's mean decoded change in gene space, each cell's own part scaled
+                    mean_change = self.vae.log_change(z0_all[rows_c], z_pred[-1], library[rows_c]).mean(0)
+                    gene_shift[-1] = gene_shift[-1] + (1 - self.config.cell_response) * mean_change
                 shift_of_rows.append(np.full(len(rows_c), len(gene_shift) - 1))
                 paths.append(path)
                 src_rows.append(rows_c)
@@ -435,6 +439,7 @@ class PerturbFlow:
                 gene_shift=np.stack(gene_shift) if self.config.residual_prior else None,
                 shift_of_rows=np.concatenate(shift_of_rows),
                 seed=seed,
+                change_scale=self.config.cell_response if self.config.gene_offset == "residual" else 1.0,
             )
         else:
             X, expected = self.vae.decode(z_pred, library[src_rows], seed=seed)

@@ -206,13 +206,15 @@ class CountVAE:
         gene_shift: np.ndarray | None = None,
         shift_of_rows: np.ndarray | None = None,
         seed: int = 0,
+        change_scale: float = 1.0,
     ) -> tuple[sp.csr_matrix, np.ndarray]:
         """Move real source cells by the decoded change from ``z_0`` to ``z_1``.
 
         The change is ``log1p(1e4 mu(z_1) / l) - log1p(1e4 mu(z_0) / l)`` on the decoder's
         means at the source cell's library ``l``; it is added, with the optional
         ``gene_shift[shift_of_rows]`` (a baseline's change), to the source cell's own
-        log-normalised counts. The decoder's reconstruction error cancels in the
+        log-normalised counts (the decoded change times ``change_scale``). The decoder's
+        reconstruction error cancels in the
         difference, and each predicted cell keeps the identity and noise of its source cell.
         Expected counts are rounded stochastically to integers, unbiased on the
         log-normalised scale (see :func:`log_space_round`).
@@ -228,7 +230,7 @@ class CountVAE:
             x = _dense_rows(counts, rows[sl])  # (n, G)
             lib = x.sum(-1).clamp(min=1)  # (n,)
             scale = (TARGET_SUM / lib).unsqueeze(-1)  # (n, 1)
-            change = torch.from_numpy(self.log_change(z_0[sl], z_1[sl], lib.numpy()))  # (n, G)
+            change = change_scale * torch.from_numpy(self.log_change(z_0[sl], z_1[sl], lib.numpy()))  # (n, G)
             if gene_shift is not None:
                 change += torch.as_tensor(gene_shift[shift_of_rows[sl]], dtype=torch.float32)
             moved = (torch.log1p(x * scale) + change).clamp(min=0).numpy()  # (n, G) log1p-normalised
