@@ -85,6 +85,9 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
     for name, scale in (("prior_only", 0.0), ("flow_full", 1.0)):
         with forced_correction(model, scale):
             tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, name))
+    model.config.gene_offset = "baseline"  # sessions 1-4: the gene-space transfer added to every cell
+    tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, "gene_space_prior"))
+    model.config.gene_offset = config.get("gene_offset", "residual")
     scgen = model.predict(controls, task.perturbations, seed=seed, method="latent_shift")
     tables += [score(scgen, task, seed, "latent_shift"), score(scgen, task, seed, "latent_shift_X", pred_layer=None)]
     if ablation:
