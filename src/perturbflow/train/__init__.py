@@ -22,7 +22,7 @@ __all__ = [
     "calibration_split",
     "cells_by_group",
     "choose_correction_scale",
-    "fit_flow",
     "decoded_shifts",
+    "fit_flow",
     "gene_space_shifts",
 ]
