@@ -90,8 +90,8 @@ def folds(path: str) -> None:
     df = df[df["model"].isin(FOLD_MODELS)].copy()
     df["energy_excess"] = df["energy_distance"] - df["energy_floor"]
     print(f"Command: `{df['command'].iloc[0]}`\n")
-    seeds = sorted(int(s) for s in df["seed"].unique())
     for dataset, part in df.groupby("dataset", sort=False):
+        seeds = sorted(int(s) for s in part["seed"].unique())
         print(f"### {dataset}: top-20 Pearson delta / energy excess over the floor, seeds {seeds}\n")
         tasks = list(dict.fromkeys(part["task"]))
         by_seed = part.groupby(["model", "seed"])[["pearson_delta_top20", "energy_excess"]].mean()
