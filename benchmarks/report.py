@@ -85,7 +85,8 @@ def _mean_sd(values: pd.Series) -> str:
 
 def folds(path: str) -> None:
     """Per fold and per dataset: top-20 Pearson delta and the energy's excess over its floor,
-    mean ± standard deviation over seeds (the dataset rows average the folds of each seed first)."""
+    mean ± standard deviation over seeds (the "mean of folds" column averages the folds of each
+    seed that has them all, then the seeds)."""
     df = pd.read_csv(path)
     df = df[df["model"].isin(FOLD_MODELS)].copy()
     df["energy_excess"] = df["energy_distance"] - df["energy_floor"]
@@ -94,14 +95,15 @@ def folds(path: str) -> None:
         seeds = sorted(int(s) for s in part["seed"].unique())
         print(f"### {dataset}: top-20 Pearson delta / energy excess over the floor, seeds {seeds}\n")
         tasks = list(dict.fromkeys(part["task"]))
-        by_seed = part.groupby(["model", "seed"])[["pearson_delta_top20", "energy_excess"]].mean()
+        complete = [s for s in seeds if part.loc[part["seed"] == s, "task"].nunique() == len(set(part["task"]))]
+        by_seed = part[part["seed"].isin(complete)].groupby(["model", "seed"])[["pearson_delta_top20", "energy_excess"]].mean()
         rows = []
         for model in [m for m in FOLD_MODELS if m in set(part["model"])]:
             row = {"model": model}
             for task in tasks:
                 cell = part[(part["task"] == task) & (part["model"] == model)]
                 row[task.split("_", 1)[-1]] = f"{_mean_sd(cell['pearson_delta_top20'])} / {_mean_sd(cell['energy_excess'])}"
-            if len(tasks) > 1:
+            if len(tasks) > 1 and complete:
                 mine = by_seed.loc[model]
                 row["mean of folds"] = f"{_mean_sd(mine['pearson_delta_top20'])} / {_mean_sd(mine['energy_excess'])}"
             rows.append(row)
