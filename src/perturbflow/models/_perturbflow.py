@@ -235,8 +235,9 @@ class PerturbFlow:
         train_groups, val_groups = (
             build_groups(cells, self.prior, atom_index, ctx_index, control_rows) for cells in (train_cells, val_cells)
         )
-        own = self.config.flow_prior == "own"
-        fit_groups = build_groups(train_cells, self.prior, atom_index, ctx_index, control_rows, own_prior=own)
+        fit_groups = train_groups  # what the flow is fitted on; with flow_prior="own", from their own shifts
+        if self.config.flow_prior == "own":
+            fit_groups = build_groups(train_cells, self.prior, atom_index, ctx_index, control_rows, own_prior=True)
         logger.info("priors and groups in %.0f s", time.perf_counter() - start)
         start = time.perf_counter()
         logger.info("stage 2: latent flow on %d groups (%d validation)", len(train_groups), len(val_groups))
@@ -381,6 +382,7 @@ class PerturbFlow:
         z_pred, src_rows, labels, paths = [], [], [], []
         z_ref, gene_shift, shift_of_rows = [], [], []
         applied: dict[str, float] = {}  # the share of the flow's correction kept, per context
+        plain = self.plain_prior() if method == "latent_shift" else None
         described: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
         from rich.progress import track
 
@@ -396,7 +398,7 @@ class PerturbFlow:
                     )
                 stats, ctrl_mean = described[c]
                 if method == "latent_shift":
-                    z_pred.append(z0_all[rows_c] + self.plain_prior().prior(atom_set, c))
+                    z_pred.append(z0_all[rows_c] + plain.prior(atom_set, c))
                     src_rows.append(rows_c)
                     labels += [label] * len(rows_c)
                     continue
