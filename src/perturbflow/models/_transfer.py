@@ -82,7 +82,7 @@ class ContextTransfer:
         own = np.stack([self.effects[k] for k in keys])  # (K, G)
         noise = np.array([self.noise[k] for k in keys])  # (K,)
         if "_pooled" not in self.__dict__:  # the gene-space pooled effects, computed once
-            self._pooled = pooled_effects(self.effects, {}, weighted=False)
+            self._pooled = pooled_effects(self.effects, {})  # no sizes: every group weighs 1
         pooled = self._pooled
         if any(c not in pooled for c in others):
             return 1.0
@@ -178,13 +178,12 @@ class ContextTransfer:
         return cls(control_means, best, SHRINK, dict(shifts), dict(noise)), scores
 
 
-def pooled_effects(
-    shifts: dict[GroupKey, np.ndarray], sizes: dict[GroupKey, int], weighted: bool = True
-) -> dict[str, np.ndarray]:
-    """Cell-weighted (or, with ``weighted=False``, plain) mean effect of all perturbations of each context."""
+def pooled_effects(shifts: dict[GroupKey, np.ndarray], sizes: dict[GroupKey, int]) -> dict[str, np.ndarray]:
+    """Cell-weighted mean effect of all perturbations of each context (a group missing from
+    ``sizes`` weighs 1)."""
     out = {}
     for c in sorted({c for _, c in shifts}):
         keys = [k for k in shifts if k[1] == c]
-        w = np.array([sizes.get(k, 1) if weighted else 1 for k in keys], dtype=np.float64)
+        w = np.array([sizes.get(k, 1) for k in keys], dtype=np.float64)
         out[c] = np.tensordot(w / w.sum(), np.stack([shifts[k] for k in keys]), axes=1)
     return out
