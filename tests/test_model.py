@@ -189,3 +189,20 @@ def test_training_is_reproducible_with_a_seed(trained_model, synthetic_adata, co
     other = pf.PerturbFlow(synthetic_adata, n_latent=8, flow_steps_per_epoch=20)
     other.train(max_epochs=15, progress_bar=False, seed=1)
     assert not np.allclose(other.get_latent_representation(), trained_model.get_latent_representation())
+
+
+def test_linear_decoder_trains_saves_and_loads(synthetic_adata, controls, tmp_path):
+    """``vae_decoder="linear"`` is scvi-tools' LinearSCVI, and a saved model reloads as one."""
+    import scvi
+
+    model = pf.PerturbFlow(synthetic_adata, n_latent=6, vae_decoder="linear", flow_steps_per_epoch=5)
+    model.train(max_epochs=3, progress_bar=False)
+    assert isinstance(model.vae.scvi_model, scvi.model.LinearSCVI)
+    model.save(tmp_path / "linear")
+    loaded = pf.PerturbFlow.load(tmp_path / "linear")
+    assert isinstance(loaded.vae.scvi_model, scvi.model.LinearSCVI)
+    a = model.predict(controls, perturbations=["G0"], seed=3)
+    b = loaded.predict(controls, perturbations=["G0"], seed=3)
+    assert np.allclose(a.layers["expected"], b.layers["expected"], rtol=1e-4, atol=1e-4)
+    with pytest.raises(PerturbFlowError, match="vae_decoder"):
+        pf.PerturbFlow(synthetic_adata, vae_decoder="quadratic")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Literal, get_args, get_origin, get_type_hints
 
 
 @dataclass
@@ -20,6 +20,11 @@ class PerturbFlowConfig:
         Width, depth and dropout of the VAE's encoder and decoder.
     gene_likelihood
         ``"nb"`` (negative binomial) or ``"zinb"`` (zero-inflated).
+    vae_decoder
+        ``"nonlinear"`` (scvi-tools' SCVI: an MLP decoder, whose decoded change of a latent
+        shift depends on each cell's state) or ``"linear"`` (LinearSCVI: log-proportions
+        linear in the latent, which carries more of a measured effect through the latent;
+        see ``benchmarks/decoded_effects.py``).
     vae_max_steps
         Gradient steps of the VAE when ``max_epochs`` is not given (see ``default_vae_epochs``).
     n_embed
@@ -84,6 +89,7 @@ class PerturbFlowConfig:
     n_layers: int = 1
     dropout_rate: float = 0.1
     gene_likelihood: Literal["nb", "zinb"] = "nb"
+    vae_decoder: Literal["nonlinear", "linear"] = "nonlinear"
     vae_max_steps: int = 2000
     n_embed: int = 64
     atom_pooling: Literal["mean", "sum"] = "mean"
@@ -104,6 +110,15 @@ class PerturbFlowConfig:
     n_steps: int = 20
     solver: Literal["euler", "midpoint", "adaptive"] = "midpoint"
     backbone_kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        from perturbflow._errors import PerturbFlowError
+
+        for name, kind in get_type_hints(type(self)).items():
+            choices = get_args(kind) if get_origin(kind) is Literal else ()
+            if choices and getattr(self, name) not in choices:
+                allowed = ", ".join(repr(c) for c in choices)
+                raise PerturbFlowError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
 
     def to_dict(self) -> dict:
         return asdict(self)

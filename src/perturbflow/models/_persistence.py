@@ -105,7 +105,7 @@ def read_model(cls, path: Path):
         model.flow_contexts = meta.get("flow_contexts", list(model.context_stats))
         model.flow = build_flow(model.config, len(model.atoms))
     with _reading(path, "the VAE could not be read", f"{VAE_DIR}/"):
-        model.vae = CountVAE.load(path / VAE_DIR, model.genes)
+        model.vae = CountVAE.load(path / VAE_DIR, model.genes, model.config.vae_decoder)
     with _reading(path, "the latent baseline shifts could not be read", LATENT_PRIOR_FILE):
         model.prior = BaselinePrior.load(path / LATENT_PRIOR_FILE)
     with _reading(path, "the gene baseline shifts could not be read", GENE_PRIOR_FILE):

@@ -71,6 +71,17 @@ def log_space_round(expected: np.ndarray, target: np.ndarray, scale: np.ndarray,
     return lo + systematic_round_up(p_up, rng)
 
 
+def scvi_class(decoder: str):
+    """scvi-tools' model for a decoder kind: ``SCVI`` (``"nonlinear"``, an MLP decoder) or
+    ``LinearSCVI`` (``"linear"``, log-proportions linear in the latent, Svensson et al. 2020)."""
+    import scvi
+
+    classes = {"nonlinear": scvi.model.SCVI, "linear": scvi.model.LinearSCVI}
+    if decoder not in classes:
+        raise ValueError(f"unknown VAE decoder {decoder!r}; use 'nonlinear' or 'linear'")
+    return classes[decoder]
+
+
 class CountVAE:
     """Thin wrapper over :class:`scvi.model.SCVI` with chunked encode and decode.
 
@@ -113,8 +124,9 @@ class CountVAE:
         if max_epochs is None:
             max_epochs = default_vae_epochs(len(rows), batch_size, config.vae_max_steps)
         adata = _anndata(counts[rows], genes)
-        scvi.model.SCVI.setup_anndata(adata)
-        model = scvi.model.SCVI(
+        model_class = scvi_class(config.vae_decoder)
+        model_class.setup_anndata(adata)
+        model = model_class(
             adata,
             n_hidden=config.n_hidden,
             n_latent=config.n_latent,
@@ -263,12 +275,12 @@ class CountVAE:
         self.scvi_model.save(str(path), save_anndata=False, overwrite=True)
 
     @classmethod
-    def load(cls, path: Path, genes: list[str]) -> CountVAE:
-        """Load a saved SCVI; a three-cell placeholder AnnData with the model's genes sets it up."""
-        import scvi
-
+    def load(cls, path: Path, genes: list[str], decoder: str = "nonlinear") -> CountVAE:
+        """Load a saved SCVI (``LinearSCVI`` for ``decoder="linear"``); a three-cell
+        placeholder AnnData with the model's genes sets it up."""
         placeholder = _anndata(sp.csr_matrix(np.ones((3, len(genes)), dtype=np.float32)), genes)
-        scvi.model.SCVI.setup_anndata(placeholder)
-        model = scvi.model.SCVI.load(str(path), adata=placeholder, accelerator="cpu")
+        model_class = scvi_class(decoder)
+        model_class.setup_anndata(placeholder)
+        model = model_class.load(str(path), adata=placeholder, accelerator="cpu")
         model.module.eval()
         return cls(model)
