@@ -34,6 +34,7 @@ from perturbflow.models._prior import BaselinePrior
 from perturbflow.models._transfer import ContextTransfer
 from perturbflow.nn import CountVAE, context_statistics
 from perturbflow.train import (
+    DEFAULT_EVERY_N_STEPS,
     build_groups,
     calibration_split,
     cells_by_group,
@@ -41,11 +42,20 @@ from perturbflow.train import (
     decoded_shifts,
     fit_flow,
     gene_space_shifts,
+    open_run,
+    run_stage,
+    stage_trainer_kwargs,
 )
 
 logger = logging.getLogger(__name__)
 
 TRANSPORT_SETS = 64  # sets of control cells moved in one forward pass
+
+
+def _digest(names: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha1("\n".join(names).encode()).hexdigest()
 
 
 class PerturbFlow:
@@ -152,6 +162,9 @@ class PerturbFlow:
         batch_size: int = 128,
         seed: int = 0,
         progress_bar: bool = True,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every_n_steps: int = DEFAULT_EVERY_N_STEPS,
+        resume: bool = False,
     ) -> None:
         """Fit the count VAE (stage 1), then the latent flow (stage 2).
 
@@ -169,7 +182,17 @@ class PerturbFlow:
         seed
             Random seed of both stages.
         progress_bar
-            Show Lightning's progress bars.
+            Show a progress bar per stage, with the time left.
+        checkpoint_dir
+            Folder for the run's checkpoints (Lightning's, every ``checkpoint_every_n_steps``
+            training steps of each stage, and each finished stage), so that an interrupted run
+            can resume; it must not hold another run's. ``None``: no checkpoints.
+        checkpoint_every_n_steps
+            Training steps between two checkpoints of a stage.
+        resume
+            Continue the interrupted run whose checkpoints ``checkpoint_dir`` holds, with the
+            same data and arguments: a finished stage is loaded, the stage in progress
+            continues from its last checkpoint with the random states saved in it.
         """
         if self.adata is None:
             raise PerturbFlowError("this model was loaded without training data; it can only predict")
@@ -179,20 +202,30 @@ class PerturbFlow:
         contexts = context_labels(adata, reg.context_keys)
         atoms = perturbation_atoms(adata, reg)
 
+        settings = dict(seed=seed, max_epochs=max_epochs, flow_max_epochs=flow_max_epochs, batch_size=batch_size,
+                        config=self.config.to_dict(), genes=_digest(self.genes), n_obs=adata.n_obs, n_fit=int(fit_mask.sum()))
+        run = open_run(checkpoint_dir, settings, resume, checkpoint_every_n_steps)
         pl.seed_everything(seed, workers=True, verbose=False)
         start = time.perf_counter()
         logger.info("stage 1: count VAE on %d cells x %d genes", int(fit_mask.sum()), adata.n_vars)
-        self.vae = CountVAE.fit(
-            get_counts(adata, reg.layer),
-            np.flatnonzero(fit_mask),
-            self.genes,
-            self.config,
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            batch_size=batch_size,
-            progress_bar=progress_bar,
-            seed=seed,
+        vae_stage = run.stage("vae") if run else None
+        self.vae = run_stage(
+            vae_stage,
+            lambda: CountVAE.fit(
+                get_counts(adata, reg.layer),
+                np.flatnonzero(fit_mask),
+                self.genes,
+                self.config,
+                max_epochs=max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                batch_size=batch_size,
+                progress_bar=progress_bar,
+                seed=seed,
+                trainer_kwargs=stage_trainer_kwargs(vae_stage, "stage 1: VAE", progress_bar) | {"simple_progress_bar": False},
+            ),
+            save=lambda vae, path: vae.save(path / "vae"),
+            load=lambda path: CountVAE.load(path / "vae", self.genes),
         )
         elapsed = time.perf_counter() - start
         epochs = self.vae.epochs
@@ -243,7 +276,7 @@ class PerturbFlow:
         logger.info("stage 2: latent flow on %d groups (%d validation)", len(train_groups), len(val_groups))
 
         fit = dict(z_all=z_all, stats=stats, max_epochs=flow_max_epochs or max_epochs, accelerator=accelerator,
-                   devices=devices, seed=seed, progress_bar=progress_bar)
+                   devices=devices, seed=seed, progress_bar=progress_bar, stage=run.stage("flow") if run else None)
         # The flow is fitted once. With a baseline prior, a fifth of the training groups
         # (or the validation groups) is held out of that fit and used to choose how much of
         # the flow's correction to keep, for this very network.

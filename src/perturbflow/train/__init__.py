@@ -5,6 +5,14 @@ from perturbflow.train._calibration import (
     calibration_split,
     choose_correction_scale,
 )
+from perturbflow.train._checkpoints import (
+    DEFAULT_EVERY_N_STEPS,
+    TrainingRun,
+    is_unfinished_run,
+    open_run,
+    run_stage,
+    stage_trainer_kwargs,
+)
 from perturbflow.train._fit_flow import build_flow, fit_flow
 from perturbflow.train._groups import (
     build_groups,
@@ -16,7 +24,9 @@ from perturbflow.train._plan import FlowTrainingPlan
 
 __all__ = [
     "CORRECTION_SCALES",
+    "DEFAULT_EVERY_N_STEPS",
     "FlowTrainingPlan",
+    "TrainingRun",
     "build_flow",
     "build_groups",
     "calibration_split",
@@ -25,4 +35,8 @@ __all__ = [
     "decoded_shifts",
     "fit_flow",
     "gene_space_shifts",
+    "is_unfinished_run",
+    "open_run",
+    "run_stage",
+    "stage_trainer_kwargs",
 ]
