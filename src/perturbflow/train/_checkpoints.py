@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import shutil
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -170,7 +171,7 @@ class StepCheckpoint(pl.Callback):
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         progress = trainer.fit_loop.epoch_loop.batch_progress.current
         self._saving_at_epoch_end = progress.ready >= trainer.num_training_batches
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
             logger.debug("checkpoint at step %d: %s", trainer.global_step, self.path)
@@ -217,8 +218,24 @@ class Stage:
         return (self.done / STAGE_FILE).is_file()
 
     def resume_from(self) -> str | None:
-        """The checkpoint to resume from, when the run resumes and the stage has one."""
-        return str(self.checkpoint) if self.run.resume and self.checkpoint.is_file() else None
+        """The checkpoint to resume from, when the run resumes and the stage has one.
+
+        A damaged checkpoint is a one-line :class:`PerturbFlowError` (``torch.save`` writes a
+        zip archive, whose checksums are read here).
+        """
+        if not (self.run.resume and self.checkpoint.is_file()):
+            return None
+        try:
+            with zipfile.ZipFile(self.checkpoint) as archive:
+                bad = archive.testzip()
+        except (OSError, zipfile.BadZipFile) as exc:
+            bad = str(exc) or type(exc).__name__
+        if bad is not None:
+            raise PerturbFlowError(
+                f"cannot resume: the {self.name} checkpoint {self.checkpoint} is damaged ({bad}); "
+                "delete it to train that stage again from its start"
+            )
+        return str(self.checkpoint)
 
     def callback(self, datasets: Mapping[str, Any] | None = None) -> StepCheckpoint:
         self._callback = StepCheckpoint(self.checkpoint, self.run.every_n_steps, datasets)
@@ -228,8 +245,10 @@ class Stage:
         """Store the stage's result (``write`` fills a folder) with the random states after it.
 
         The folder is written beside its place and moved there complete, then the stage's
-        checkpoint, no longer needed, is removed.
+        checkpoint, no longer needed, is removed. Only the main process writes.
         """
+        if not _is_main_process():
+            return
         staging = self.run.path / f".{self.done.name}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
@@ -300,6 +319,8 @@ class TrainingRun:
                     f"({', '.join(differ)})"
                 )
             return
+        if not _is_main_process():  # a process Lightning started for another device: rank 0 made the folder
+            return
         if self.path.exists() and any(self.path.iterdir()):
             raise PerturbFlowError(
                 f"{self.path} already holds checkpoints; resume the run or remove the folder"
@@ -327,6 +348,13 @@ def run_stage(stage: Stage | None, fit: Callable[[], T], save: Callable[[T, Path
     if stage is not None:
         stage.finish(lambda path: save(result, path))
     return result
+
+
+def _is_main_process() -> bool:
+    """Whether this is the process of global rank 0 (Lightning reads the rank from the environment)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def is_unfinished_run(path: Path) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -94,7 +95,10 @@ def fit_flow(
             limit_val_batches=1.0 if val_groups else 0,
             **kwargs,
         )
-        trainer.fit(FlowTrainingPlan(flow, lr=config.flow_lr), ckpt_path=ckpt_path, **loaders)
+        with warnings.catch_warnings():
+            # the loader is resumable: StepCheckpoint puts it back where the checkpoint was taken
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+            trainer.fit(FlowTrainingPlan(flow, lr=config.flow_lr), ckpt_path=ckpt_path, **loaders)
         return flow.cpu().eval()
 
     def load(path: Path) -> LatentFlowModule:

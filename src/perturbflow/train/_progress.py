@@ -48,13 +48,13 @@ class StageProgressBar(ProgressBar):
         )
 
         total = trainer.estimated_stepping_batches
-        self._progress = Progress(
+        self._progress = Progress(  # e.g. "stage 2: flow ━━━━━━  600/2000 steps 0:00:31 elapsed 0:01:12 left loss 0.52"
             TextColumn("{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=20),
             MofNCompleteColumn(),
             TextColumn("steps"),
             TimeElapsedColumn(),
-            TextColumn("elapsed,"),
+            TextColumn("elapsed"),
             TimeRemainingColumn(),
             TextColumn("left {task.fields[metrics]}"),
             console=Console(file=sys.stderr),
@@ -92,7 +92,7 @@ class StageProgressBar(ProgressBar):
         for name, value in trainer.progress_bar_metrics.items():
             if "loss" in name and len(shown) < 2:
                 try:
-                    shown.append(f"{name.replace('_epoch', '')} {float(value):.3g}")
+                    shown.append(f"{name.replace('_epoch', '').replace('train_', '')} {float(value):.3g}")
                 except (TypeError, ValueError):
                     continue
         return "  ".join(shown)
