@@ -24,8 +24,8 @@ from .conftest import small_synthetic
 
 TRAIN = ["--perturbation-key", "perturbation", "--control", "control", "--context-key", "cell_type",
          "--split-key", "split"]
-FIT = dict(max_epochs=2, flow_max_epochs=3, seed=0, progress_bar=False)  # VAE 2 x 6 steps, flow 3 x 10 steps
-MODEL = dict(flow_steps_per_epoch=10)
+FIT = {"max_epochs": 2, "flow_max_epochs": 3, "seed": 0, "progress_bar": False}  # VAE 2 x 6, flow 3 x 10 steps
+MODEL = {"flow_steps_per_epoch": 10}
 
 
 class Interrupted(Exception):

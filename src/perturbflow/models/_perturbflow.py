@@ -40,22 +40,16 @@ from perturbflow.train import (
     cells_by_group,
     choose_correction_scale,
     decoded_shifts,
+    digest,
     fit_flow,
+    fit_vae,
     gene_space_shifts,
     open_run,
-    run_stage,
-    stage_trainer_kwargs,
 )
 
 logger = logging.getLogger(__name__)
 
 TRANSPORT_SETS = 64  # sets of control cells moved in one forward pass
-
-
-def _digest(names: list[str]) -> str:
-    import hashlib
-
-    return hashlib.sha1("\n".join(names).encode()).hexdigest()
 
 
 class PerturbFlow:
@@ -202,30 +196,25 @@ class PerturbFlow:
         contexts = context_labels(adata, reg.context_keys)
         atoms = perturbation_atoms(adata, reg)
 
-        settings = dict(seed=seed, max_epochs=max_epochs, flow_max_epochs=flow_max_epochs, batch_size=batch_size,
-                        config=self.config.to_dict(), genes=_digest(self.genes), n_obs=adata.n_obs, n_fit=int(fit_mask.sum()))
+        settings = {"seed": seed, "max_epochs": max_epochs, "flow_max_epochs": flow_max_epochs,  # a resume matches
+                    "batch_size": batch_size, "config": self.config.to_dict(), "genes": digest(self.genes),
+                    "n_fit": int(fit_mask.sum())}
         run = open_run(checkpoint_dir, settings, resume, checkpoint_every_n_steps)
         pl.seed_everything(seed, workers=True, verbose=False)
         start = time.perf_counter()
         logger.info("stage 1: count VAE on %d cells x %d genes", int(fit_mask.sum()), adata.n_vars)
-        vae_stage = run.stage("vae") if run else None
-        self.vae = run_stage(
-            vae_stage,
-            lambda: CountVAE.fit(
-                get_counts(adata, reg.layer),
-                np.flatnonzero(fit_mask),
-                self.genes,
-                self.config,
-                max_epochs=max_epochs,
-                accelerator=accelerator,
-                devices=devices,
-                batch_size=batch_size,
-                progress_bar=progress_bar,
-                seed=seed,
-                trainer_kwargs=stage_trainer_kwargs(vae_stage, "stage 1: VAE", progress_bar) | {"simple_progress_bar": False},
-            ),
-            save=lambda vae, path: vae.save(path / "vae"),
-            load=lambda path: CountVAE.load(path / "vae", self.genes),
+        self.vae = fit_vae(
+            get_counts(adata, reg.layer),
+            np.flatnonzero(fit_mask),
+            self.genes,
+            self.config,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            batch_size=batch_size,
+            progress_bar=progress_bar,
+            seed=seed,
+            stage=run.stage("vae") if run else None,
         )
         elapsed = time.perf_counter() - start
         epochs = self.vae.epochs

@@ -127,16 +127,16 @@ class CountVAE:
         )
         order = np.random.default_rng(seed).permutation(len(rows))
         n_val = int(len(rows) * VALIDATION_FRACTION)
-        kwargs = dict(
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            batch_size=batch_size,
-            enable_progress_bar=progress_bar,
-            logger=False,
-            enable_checkpointing=False,
-            datasplitter_kwargs={"external_indexing": [np.sort(order[n_val:]), np.sort(order[:n_val])]},
-        )
+        kwargs = {
+            "max_epochs": max_epochs,
+            "accelerator": accelerator,
+            "devices": devices,
+            "batch_size": batch_size,
+            "enable_progress_bar": progress_bar,
+            "logger": False,
+            "enable_checkpointing": False,
+            "datasplitter_kwargs": {"external_indexing": [np.sort(order[n_val:]), np.sort(order[:n_val])]},
+        }
         model.train(**{**kwargs, **(trainer_kwargs or {})})
         model.module.cpu().eval()
         vae = cls(model)

@@ -8,12 +8,14 @@ from perturbflow.train._calibration import (
 from perturbflow.train._checkpoints import (
     DEFAULT_EVERY_N_STEPS,
     TrainingRun,
+    digest,
     is_unfinished_run,
     open_run,
     run_stage,
     stage_trainer_kwargs,
 )
 from perturbflow.train._fit_flow import build_flow, fit_flow
+from perturbflow.train._fit_vae import fit_vae
 from perturbflow.train._groups import (
     build_groups,
     cells_by_group,
@@ -33,7 +35,9 @@ __all__ = [
     "cells_by_group",
     "choose_correction_scale",
     "decoded_shifts",
+    "digest",
     "fit_flow",
+    "fit_vae",
     "gene_space_shifts",
     "is_unfinished_run",
     "open_run",

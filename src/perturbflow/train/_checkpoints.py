@@ -11,6 +11,7 @@ stream of random numbers instead of starting a new one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -310,7 +311,7 @@ class TrainingRun:
                 raise PerturbFlowError(f"cannot resume: {self.path} holds no training checkpoints")
             try:
                 saved = json.loads(record.read_text())["settings"]
-            except Exception:
+            except (OSError, ValueError, KeyError, TypeError):
                 raise PerturbFlowError(f"cannot resume: the run record {record} is damaged") from None
             differ = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
             if differ:
@@ -348,6 +349,11 @@ def run_stage(stage: Stage | None, fit: Callable[[], T], save: Callable[[T, Path
     if stage is not None:
         stage.finish(lambda path: save(result, path))
     return result
+
+
+def digest(names: list[str]) -> str:
+    """A short fingerprint of a list of names (the genes of a run), for its record."""
+    return hashlib.sha1("\n".join(names).encode()).hexdigest()
 
 
 def _is_main_process() -> bool:
