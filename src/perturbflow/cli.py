@@ -74,10 +74,12 @@ def training_checkpoints(args: argparse.Namespace) -> Path:
     The run writes its checkpoints into ``DIR/checkpoints/``; the finished model replaces them.
     """
     from perturbflow.models._persistence import CONFIG_FILE, TRAINING_DIR
-    from perturbflow.train import is_unfinished_run
+    from perturbflow.train import is_main_process, is_unfinished_run
 
     out = Path(args.out)
     checkpoints = out / TRAINING_DIR
+    if not is_main_process():  # a process Lightning started for another device, after rank 0's checks
+        return checkpoints
     if args.resume:
         if args.overwrite:
             raise PerturbFlowError("--resume continues the run in --out; it cannot be combined with --overwrite")
@@ -96,6 +98,7 @@ def training_checkpoints(args: argparse.Namespace) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> None:
     import perturbflow as pf
+    from perturbflow.train import is_main_process
 
     checkpoints = training_checkpoints(args)
     adata = read_h5ad(args.data)
@@ -112,8 +115,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     model.train(max_epochs=args.max_epochs, accelerator=args.accelerator, devices=devices, seed=args.seed,
                 progress_bar=not args.quiet, checkpoint_dir=checkpoints,
                 checkpoint_every_n_steps=args.checkpoint_every, resume=args.resume)
-    model.save(args.out, overwrite=True)  # replaces the run's checkpoints only once the model is complete
-    print(f"saved model to {args.out}")
+    if is_main_process():
+        model.save(args.out, overwrite=True)  # replaces the run's checkpoints only once the model is complete
+        print(f"saved model to {args.out}")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:

@@ -248,7 +248,7 @@ class Stage:
         The folder is written beside its place and moved there complete, then the stage's
         checkpoint, no longer needed, is removed. Only the main process writes.
         """
-        if not _is_main_process():
+        if not is_main_process():
             return
         staging = self.run.path / f".{self.done.name}.partial"
         shutil.rmtree(staging, ignore_errors=True)
@@ -320,7 +320,7 @@ class TrainingRun:
                     f"({', '.join(differ)})"
                 )
             return
-        if not _is_main_process():  # a process Lightning started for another device: rank 0 made the folder
+        if not is_main_process():  # a process Lightning started for another device: rank 0 made the folder
             return
         if self.path.exists() and any(self.path.iterdir()):
             raise PerturbFlowError(
@@ -356,7 +356,7 @@ def digest(names: list[str]) -> str:
     return hashlib.sha1("\n".join(names).encode()).hexdigest()
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
     """Whether this is the process of global rank 0 (Lightning reads the rank from the environment)."""
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
