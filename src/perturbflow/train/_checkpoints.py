@@ -6,7 +6,10 @@ A run folder holds a record of the run's settings (``run.json``) and, per stage 
 ended, its result (``{stage}-done/``), which a resumed run loads instead of training again.
 Each checkpoint and each stage result carries the random states of the run (torch, numpy,
 Python, and the generators of the flow's datasets), so a resumed run continues the seeded
-stream of random numbers instead of starting a new one.
+stream of random numbers instead of starting a new one: a run resumed from a checkpoint
+of the flow, or from one the VAE took at the end of an epoch, ends with the very weights of
+an uninterrupted run. A VAE checkpoint taken within an epoch resumes with a new order of
+that epoch's remaining cells (scvi-tools' loader cannot be put back within an epoch).
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ from torch.utils.data import DataLoader
 
 from perturbflow.data import Group, PairedSetDataset
 from perturbflow.flow import LatentFlowModule
-from perturbflow.train._checkpoints import RecordedDraws, Stage, run_stage, stage_trainer_kwargs
+from perturbflow.train._checkpoints import RecordedDraws, Stage, stage_trainer_kwargs
 from perturbflow.train._plan import FlowTrainingPlan
 
-FLOW_WEIGHTS = "flow.pt"
+FLOW_WEIGHTS = "flow.pt"  # of a finished flow stage
 
 
 def build_flow(config, n_atoms: int) -> LatentFlowModule:
@@ -60,50 +60,52 @@ def fit_flow(
     -------
     The trained module, on the CPU, in eval mode.
     """
-
-    def fit() -> LatentFlowModule:
-        flow = build_flow(config, n_atoms)
-        n_items = config.flow_steps_per_epoch * config.flow_batch_size
-        dataset = PairedSetDataset(z_all, train_groups, stats, config.set_size, n_items, config.coupling, seed)
-        datasets = {"train": RecordedDraws(dataset, config.flow_batch_size)}
-        loaders = {
-            "train_dataloaders": DataLoader(
-                datasets["train"], batch_size=config.flow_batch_size, sampler=datasets["train"].sampler
-            )
-        }
-        if val_groups:
-            val_set = PairedSetDataset(
-                z_all, val_groups, stats, config.set_size, 4 * config.flow_batch_size, config.coupling, seed + 1
-            )
-            datasets["val"] = RecordedDraws(val_set, config.flow_batch_size)
-            loaders["val_dataloaders"] = DataLoader(datasets["val"], batch_size=config.flow_batch_size)
-        callbacks = []
-        if config.ema_decay > 0:
-            from lightning.pytorch.callbacks import EMAWeightAveraging
-
-            callbacks.append(EMAWeightAveraging(decay=config.ema_decay))
-        kwargs = stage_trainer_kwargs(stage, "stage 2: flow", progress_bar, datasets)
-        ckpt_path = kwargs.pop("ckpt_path", None)
-        trainer = pl.Trainer(
-            max_epochs=max_epochs or config.flow_max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            callbacks=callbacks + kwargs.pop("callbacks"),
-            limit_val_batches=1.0 if val_groups else 0,
-            **kwargs,
+    if stage is not None and stage.finished:
+        return stage.restore(lambda path: load_flow(config, n_atoms, path / FLOW_WEIGHTS))
+    flow = build_flow(config, n_atoms)
+    n_items = config.flow_steps_per_epoch * config.flow_batch_size
+    dataset = PairedSetDataset(z_all, train_groups, stats, config.set_size, n_items, config.coupling, seed)
+    # the generators' states are kept, so that a checkpoint can put them back
+    datasets = {"train": RecordedDraws(dataset, config.flow_batch_size)}
+    loaders = {"train_dataloaders": DataLoader(datasets["train"], batch_size=config.flow_batch_size,
+                                               sampler=datasets["train"].sampler)}
+    if val_groups:
+        val_set = PairedSetDataset(
+            z_all, val_groups, stats, config.set_size, 4 * config.flow_batch_size, config.coupling, seed + 1
         )
-        with warnings.catch_warnings():
-            # the loader is resumable: StepCheckpoint puts it back where the checkpoint was taken
-            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
-            trainer.fit(FlowTrainingPlan(flow, lr=config.flow_lr), ckpt_path=ckpt_path, **loaders)
-        return flow.cpu().eval()
+        datasets["val"] = RecordedDraws(val_set, config.flow_batch_size)
+        loaders["val_dataloaders"] = DataLoader(datasets["val"], batch_size=config.flow_batch_size)
+    callbacks = []
+    if config.ema_decay > 0:
+        from lightning.pytorch.callbacks import EMAWeightAveraging
 
-    def load(path: Path) -> LatentFlowModule:
-        flow = build_flow(config, n_atoms)
-        flow.load_state_dict(torch.load(path / FLOW_WEIGHTS, map_location="cpu", weights_only=True))
-        return flow.eval()
+        callbacks.append(EMAWeightAveraging(decay=config.ema_decay))
+    stage_kwargs = stage_trainer_kwargs(stage, "stage 2: flow", progress_bar, datasets)
+    callbacks += stage_kwargs.pop("callbacks")  # after the EMA: a checkpoint holds each step's average
+    ckpt_path = stage_kwargs.pop("ckpt_path", None)
+    trainer = pl.Trainer(
+        max_epochs=max_epochs or config.flow_max_epochs,
+        accelerator=accelerator,
+        devices=devices,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        limit_val_batches=1.0 if val_groups else 0,
+    )
+    with warnings.catch_warnings():
+        # the loader is resumable: StepCheckpoint puts it back where the checkpoint was taken
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+        trainer.fit(FlowTrainingPlan(flow, lr=config.flow_lr), ckpt_path=ckpt_path, **loaders)
+    flow = flow.cpu().eval()
+    if stage is not None:
+        stage.finish(lambda path: torch.save(flow.state_dict(), path / FLOW_WEIGHTS))
+    return flow
 
-    return run_stage(stage, fit, lambda flow, path: torch.save(flow.state_dict(), path / FLOW_WEIGHTS), load)
+
+def load_flow(config, n_atoms: int, path: Path) -> LatentFlowModule:
+    """A flow as ``config`` describes it, with the weights saved in the file ``path``."""
+    flow = build_flow(config, n_atoms)
+    flow.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return flow.eval()
