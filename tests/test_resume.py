@@ -58,7 +58,12 @@ def assert_same_weights(a, b) -> None:
 
 @pytest.fixture(scope="module")
 def adata():
-    return small_synthetic()
+    """The small synthetic data, with one perturbation's cells for validation (its draws resume too)."""
+    adata = small_synthetic()
+    split = adata.obs["split"].astype(str)
+    split[adata.obs["perturbation"].astype(str) == "G0"] = "val"
+    adata.obs["split"] = split
+    return adata
 
 
 @pytest.fixture(scope="module")
