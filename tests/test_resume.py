@@ -193,3 +193,17 @@ def test_damaged_checkpoint_is_one_line(adata, tmp_path, monkeypatch):
     with pytest.raises(PerturbFlowError, match=r"vae checkpoint .* is damaged") as info:
         pf.PerturbFlow(adata, **MODEL).train(**FIT, checkpoint_dir=tmp_path, resume=True)
     assert "\n" not in str(info.value)
+
+
+def test_damaged_finished_stage_is_one_line(tmp_path):
+    from perturbflow.train import run_stage
+
+    run = TrainingRun(tmp_path, {"seed": 0})
+    run_stage(run.stage("flow"), fit=lambda: 1, save=lambda value, path: (path / "value").write_text("1"),
+              load=lambda path: int((path / "value").read_text()))
+    resumed = TrainingRun(tmp_path, {"seed": 0}, resume=True)
+    assert run_stage(resumed.stage("flow"), fit=lambda: 2, save=None, load=lambda p: int((p / "value").read_text())) == 1
+    (tmp_path / "flow-done" / "random_state.pt").write_bytes(b"truncated")
+    with pytest.raises(PerturbFlowError, match="finished flow stage .* could not be read") as info:
+        run_stage(resumed.stage("flow"), fit=lambda: 2, save=None, load=lambda p: 0)
+    assert "\n" not in str(info.value)

@@ -272,12 +272,12 @@ class Stage:
         try:
             record = json.loads((self.done / STAGE_FILE).read_text())
             self.steps, self.epochs = record.get("steps"), record.get("epochs")
-            state = torch.load(self.done / RANDOM_STATE_FILE, weights_only=False)
+            state = torch.load(self.done / RANDOM_STATE_FILE, weights_only=True)
             result = read(self.done)
         except Exception as exc:
             raise PerturbFlowError(
                 f"cannot resume: the finished {self.name} stage in {self.run.path} could not be read "
-                f"({type(exc).__name__}); train again without resuming"
+                f"({type(exc).__name__}); start the run again (with --overwrite on the command line)"
             ) from exc
         set_random_state(state)
         logger.info("%s stage already finished in %s (%s steps); not trained again",
