@@ -20,6 +20,7 @@ from perturbflow._errors import PerturbFlowError
 logger = logging.getLogger("perturbflow")
 
 EXIT_BAD_INPUT = 2
+DEFAULT_EVERY_N_STEPS = 500  # as perturbflow.train.DEFAULT_EVERY_N_STEPS, without importing torch for --help
 
 
 # ---------------------------------------------------------------------- helpers
@@ -67,10 +68,39 @@ def write_atomically(path: str | Path, write: Callable[[Path], None]) -> None:
 
 
 # ---------------------------------------------------------------------- commands
+def training_checkpoints(args: argparse.Namespace) -> Path:
+    """The checkpoint folder of ``train --out DIR``, checked against ``--resume`` / ``--overwrite``.
+
+    The run writes its checkpoints into ``DIR/checkpoints/``; the finished model replaces them.
+    """
+    from perturbflow.models._persistence import CONFIG_FILE, TRAINING_DIR
+    from perturbflow.train import is_main_process, is_unfinished_run
+
+    out = Path(args.out)
+    checkpoints = out / TRAINING_DIR
+    if not is_main_process():  # a process Lightning started for another device, after rank 0's checks
+        return checkpoints
+    if args.resume:
+        if args.overwrite:
+            raise PerturbFlowError("--resume continues the run in --out; it cannot be combined with --overwrite")
+        if not is_unfinished_run(checkpoints):
+            if (out / CONFIG_FILE).is_file():
+                raise PerturbFlowError(f"nothing to resume: {out} holds a finished model")
+            raise PerturbFlowError(f"cannot resume: {out} holds no training checkpoints")
+        return checkpoints
+    refuse_existing(out, args.overwrite)
+    if args.overwrite:
+        if out.exists() and not out.is_dir():
+            out.unlink()
+        shutil.rmtree(checkpoints, ignore_errors=True)  # an earlier run's, not to be resumed
+    return checkpoints
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     import perturbflow as pf
+    from perturbflow.train import is_main_process
 
-    refuse_existing(args.out, args.overwrite)
+    checkpoints = training_checkpoints(args)
     adata = read_h5ad(args.data)
     pf.PerturbFlow.setup_anndata(
         adata,
@@ -83,9 +113,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     model = pf.PerturbFlow(adata, backbone=args.backbone)
     devices = int(args.devices) if str(args.devices).isdigit() else args.devices
     model.train(max_epochs=args.max_epochs, accelerator=args.accelerator, devices=devices, seed=args.seed,
-                progress_bar=not args.quiet)
-    write_atomically(args.out, lambda p: model.save(p))
-    print(f"saved model to {args.out}")
+                progress_bar=not args.quiet, checkpoint_dir=checkpoints,
+                checkpoint_every_n_steps=args.checkpoint_every, resume=args.resume)
+    if is_main_process():
+        model.save(args.out, overwrite=True)  # replaces the run's checkpoints only once the model is complete
+        print(f"saved model to {args.out}")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -205,6 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"])
     p.add_argument("--devices", default="auto", help="number of devices, or auto")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    p.add_argument(
+        "--resume", action="store_true",
+        help="continue the interrupted run whose checkpoints --out holds (same data and options)",
+    )
+    p.add_argument(
+        "--checkpoint-every", type=int, default=DEFAULT_EVERY_N_STEPS, metavar="N",
+        help=f"training steps between checkpoints (default: {DEFAULT_EVERY_N_STEPS})",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 

@@ -4,6 +4,10 @@ Saving is all-or-nothing: the folder is written under a temporary name beside it
 and moved into place once complete, and ``perturbflow.json`` carries ``"complete": false``
 until every part is written. Loading turns any damage into one :class:`PerturbFlowError`
 line that names the folder and the part.
+
+While ``perturbflow train --out DIR`` runs, ``DIR`` holds only the run's checkpoints
+(``DIR/checkpoints/``); the finished model replaces them. Loading such a folder says to
+resume the run.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from perturbflow._errors import PerturbFlowError
 from perturbflow.data import DataRegistry
 from perturbflow.models._prior import BaselinePrior
 from perturbflow.nn import CountVAE
-from perturbflow.train import build_flow
+from perturbflow.train import build_flow, is_unfinished_run
 
 CONFIG_FILE = "perturbflow.json"
 FLOW_FILE = "flow.pt"
@@ -32,6 +36,7 @@ VAE_DIR = "vae"
 LATENT_PRIOR_FILE = "latent_shifts.npz"
 GENE_PRIOR_FILE = "gene_shifts.npz"
 RESIDUAL_PRIOR_FILE = "residual_shifts.npz"  # absent from folders saved before it existed
+TRAINING_DIR = "checkpoints"  # the checkpoints of a training run writing this folder
 PARTS = (VAE_DIR, FLOW_FILE, LATENT_PRIOR_FILE, GENE_PRIOR_FILE)
 # the keys of perturbflow.json that read_model needs
 META_KEYS = ("config", "registry", "genes", "atoms", "contexts", "context_stats", "correction_scale")
@@ -72,6 +77,8 @@ def read_model(cls, path: Path):
     Raises :class:`PerturbFlowError` naming the folder when it is missing, incomplete (a
     save or training run was interrupted) or damaged (a part missing, truncated or unreadable).
     """
+    if is_unfinished_run(path / TRAINING_DIR):
+        raise unfinished_run(path)
     if not (path / CONFIG_FILE).is_file():
         if not path.exists():
             raise PerturbFlowError(f"model folder {path} does not exist")
@@ -161,6 +168,13 @@ def _move_into_place(staging: Path, path: Path) -> None:
             raise
     finally:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def unfinished_run(path: Path) -> PerturbFlowError:
+    return PerturbFlowError(
+        f"model folder {path} holds an unfinished training run (interrupted or still running); "
+        f"finish it with `perturbflow train ... --out {path} --resume`"
+    )
 
 
 def _incomplete(path: Path) -> PerturbFlowError:

@@ -34,13 +34,17 @@ from perturbflow.models._prior import BaselinePrior
 from perturbflow.models._transfer import ContextTransfer
 from perturbflow.nn import CountVAE, context_statistics
 from perturbflow.train import (
+    DEFAULT_EVERY_N_STEPS,
     build_groups,
     calibration_split,
     cells_by_group,
     choose_correction_scale,
     decoded_shifts,
+    digest,
     fit_flow,
+    fit_vae,
     gene_space_shifts,
+    open_run,
 )
 
 logger = logging.getLogger(__name__)
@@ -152,6 +156,9 @@ class PerturbFlow:
         batch_size: int = 128,
         seed: int = 0,
         progress_bar: bool = True,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every_n_steps: int = DEFAULT_EVERY_N_STEPS,
+        resume: bool = False,
     ) -> None:
         """Fit the count VAE (stage 1), then the latent flow (stage 2).
 
@@ -169,7 +176,17 @@ class PerturbFlow:
         seed
             Random seed of both stages.
         progress_bar
-            Show Lightning's progress bars.
+            Show a progress bar per stage, with the time left.
+        checkpoint_dir
+            Folder for the run's checkpoints (Lightning's, every ``checkpoint_every_n_steps``
+            training steps of each stage, and each finished stage), so that an interrupted run
+            can resume; it must not hold another run's. ``None``: no checkpoints.
+        checkpoint_every_n_steps
+            Training steps between two checkpoints of a stage.
+        resume
+            Continue the interrupted run whose checkpoints ``checkpoint_dir`` holds, with the
+            same data and arguments: a finished stage is loaded, the stage in progress
+            continues from its last checkpoint with the random states saved in it.
         """
         if self.adata is None:
             raise PerturbFlowError("this model was loaded without training data; it can only predict")
@@ -179,10 +196,14 @@ class PerturbFlow:
         contexts = context_labels(adata, reg.context_keys)
         atoms = perturbation_atoms(adata, reg)
 
+        settings = {"seed": seed, "max_epochs": max_epochs, "flow_max_epochs": flow_max_epochs,  # a resume matches
+                    "batch_size": batch_size, "config": self.config.to_dict(), "genes": digest(self.genes),
+                    "n_fit": int(fit_mask.sum())}
+        run = open_run(checkpoint_dir, settings, resume, checkpoint_every_n_steps)
         pl.seed_everything(seed, workers=True, verbose=False)
         start = time.perf_counter()
         logger.info("stage 1: count VAE on %d cells x %d genes", int(fit_mask.sum()), adata.n_vars)
-        self.vae = CountVAE.fit(
+        self.vae = fit_vae(
             get_counts(adata, reg.layer),
             np.flatnonzero(fit_mask),
             self.genes,
@@ -193,6 +214,7 @@ class PerturbFlow:
             batch_size=batch_size,
             progress_bar=progress_bar,
             seed=seed,
+            stage=run.stage("vae") if run else None,
         )
         elapsed = time.perf_counter() - start
         epochs = self.vae.epochs
@@ -243,7 +265,7 @@ class PerturbFlow:
         logger.info("stage 2: latent flow on %d groups (%d validation)", len(train_groups), len(val_groups))
 
         fit = dict(z_all=z_all, stats=stats, max_epochs=flow_max_epochs or max_epochs, accelerator=accelerator,
-                   devices=devices, seed=seed, progress_bar=progress_bar)
+                   devices=devices, seed=seed, progress_bar=progress_bar, stage=run.stage("flow") if run else None)
         # The flow is fitted once. With a baseline prior, a fifth of the training groups
         # (or the validation groups) is held out of that fit and used to choose how much of
         # the flow's correction to keep, for this very network.

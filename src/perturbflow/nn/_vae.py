@@ -112,12 +112,14 @@ class CountVAE:
         batch_size: int = 128,
         progress_bar: bool = True,
         seed: int = 0,
+        trainer_kwargs: dict | None = None,
     ) -> CountVAE:
         """Fit SCVI on ``counts[rows]`` with observed library sizes.
 
         A tenth of the cells (drawn with ``seed``) is SCVI's validation set. The split is made
         here and passed to scvi-tools, whose own split is drawn from ``scvi.settings.seed``
-        (unset by default, so two fits would otherwise differ).
+        (unset by default, so two fits would otherwise differ). ``trainer_kwargs`` go to
+        ``SCVI.train`` and on to Lightning's ``Trainer`` (callbacks, ``ckpt_path`` to resume).
         """
         import scvi
 
@@ -137,16 +139,17 @@ class CountVAE:
         )
         order = np.random.default_rng(seed).permutation(len(rows))
         n_val = int(len(rows) * VALIDATION_FRACTION)
-        model.train(
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            batch_size=batch_size,
-            enable_progress_bar=progress_bar,
-            logger=False,
-            enable_checkpointing=False,
-            datasplitter_kwargs={"external_indexing": [np.sort(order[n_val:]), np.sort(order[:n_val])]},
-        )
+        kwargs = {
+            "max_epochs": max_epochs,
+            "accelerator": accelerator,
+            "devices": devices,
+            "batch_size": batch_size,
+            "enable_progress_bar": progress_bar,
+            "logger": False,
+            "enable_checkpointing": False,
+            "datasplitter_kwargs": {"external_indexing": [np.sort(order[n_val:]), np.sort(order[:n_val])]},
+        }
+        model.train(**{**kwargs, **(trainer_kwargs or {})})
         model.module.cpu().eval()
         vae = cls(model)
         vae.epochs = max_epochs

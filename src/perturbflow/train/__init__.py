@@ -5,7 +5,18 @@ from perturbflow.train._calibration import (
     calibration_split,
     choose_correction_scale,
 )
+from perturbflow.train._checkpoints import (
+    DEFAULT_EVERY_N_STEPS,
+    TrainingRun,
+    digest,
+    is_main_process,
+    is_unfinished_run,
+    open_run,
+    run_stage,
+    stage_trainer_kwargs,
+)
 from perturbflow.train._fit_flow import build_flow, fit_flow
+from perturbflow.train._fit_vae import fit_vae
 from perturbflow.train._groups import (
     build_groups,
     cells_by_group,
@@ -16,13 +27,22 @@ from perturbflow.train._plan import FlowTrainingPlan
 
 __all__ = [
     "CORRECTION_SCALES",
+    "DEFAULT_EVERY_N_STEPS",
     "FlowTrainingPlan",
+    "TrainingRun",
     "build_flow",
     "build_groups",
     "calibration_split",
     "cells_by_group",
     "choose_correction_scale",
     "decoded_shifts",
+    "digest",
     "fit_flow",
+    "fit_vae",
     "gene_space_shifts",
+    "is_main_process",
+    "is_unfinished_run",
+    "open_run",
+    "run_stage",
+    "stage_trainer_kwargs",
 ]

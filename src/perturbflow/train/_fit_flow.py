@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import lightning.pytorch as pl
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from perturbflow.data import Group, PairedSetDataset
 from perturbflow.flow import LatentFlowModule
+from perturbflow.train._checkpoints import RecordedDraws, Stage, stage_trainer_kwargs
 from perturbflow.train._plan import FlowTrainingPlan
+
+FLOW_WEIGHTS = "flow.pt"  # of a finished flow stage
 
 
 def build_flow(config, n_atoms: int) -> LatentFlowModule:
@@ -37,6 +44,7 @@ def fit_flow(
     devices: int | str = "auto",
     seed: int = 0,
     progress_bar: bool = True,
+    stage: Stage | None = None,
 ) -> LatentFlowModule:
     """Train a fresh latent flow on ``train_groups`` (validated on ``val_groups``, if any).
 
@@ -44,24 +52,37 @@ def fit_flow(
     many perturbed latents of one group (see :class:`~perturbflow.data.PairedSetDataset`);
     the weights are averaged by Lightning's EMA callback when ``ema_decay > 0``.
 
+    With ``stage`` (the ``flow`` stage of a :class:`~perturbflow.train.TrainingRun`), the
+    fit writes checkpoints and resumes from the stage's last one; a stage already finished
+    is loaded, not trained again.
+
     Returns
     -------
     The trained module, on the CPU, in eval mode.
     """
+    if stage is not None and stage.finished:
+        return stage.restore(lambda path: load_flow(config, n_atoms, path / FLOW_WEIGHTS))
     flow = build_flow(config, n_atoms)
     n_items = config.flow_steps_per_epoch * config.flow_batch_size
     dataset = PairedSetDataset(z_all, train_groups, stats, config.set_size, n_items, config.coupling, seed)
-    loaders = {"train_dataloaders": DataLoader(dataset, batch_size=config.flow_batch_size)}
+    # the generators' states are kept, so that a checkpoint can put them back
+    datasets = {"train": RecordedDraws(dataset, config.flow_batch_size)}
+    loaders = {"train_dataloaders": DataLoader(datasets["train"], batch_size=config.flow_batch_size,
+                                               sampler=datasets["train"].sampler)}
     if val_groups:
         val_set = PairedSetDataset(
             z_all, val_groups, stats, config.set_size, 4 * config.flow_batch_size, config.coupling, seed + 1
         )
-        loaders["val_dataloaders"] = DataLoader(val_set, batch_size=config.flow_batch_size)
+        datasets["val"] = RecordedDraws(val_set, config.flow_batch_size)
+        loaders["val_dataloaders"] = DataLoader(datasets["val"], batch_size=config.flow_batch_size)
     callbacks = []
     if config.ema_decay > 0:
         from lightning.pytorch.callbacks import EMAWeightAveraging
 
         callbacks.append(EMAWeightAveraging(decay=config.ema_decay))
+    stage_kwargs = stage_trainer_kwargs(stage, "stage 2: flow", progress_bar, datasets)
+    callbacks += stage_kwargs.pop("callbacks")  # after the EMA: a checkpoint holds each step's average
+    ckpt_path = stage_kwargs.pop("ckpt_path", None)
     trainer = pl.Trainer(
         max_epochs=max_epochs or config.flow_max_epochs,
         accelerator=accelerator,
@@ -73,5 +94,18 @@ def fit_flow(
         callbacks=callbacks,
         limit_val_batches=1.0 if val_groups else 0,
     )
-    trainer.fit(FlowTrainingPlan(flow, lr=config.flow_lr), **loaders)
-    return flow.cpu().eval()
+    with warnings.catch_warnings():
+        # the loader is resumable: StepCheckpoint puts it back where the checkpoint was taken
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+        trainer.fit(FlowTrainingPlan(flow, lr=config.flow_lr), ckpt_path=ckpt_path, **loaders)
+    flow = flow.cpu().eval()
+    if stage is not None:
+        stage.finish(lambda path: torch.save(flow.state_dict(), path / FLOW_WEIGHTS))
+    return flow
+
+
+def load_flow(config, n_atoms: int, path: Path) -> LatentFlowModule:
+    """A flow as ``config`` describes it, with the weights saved in the file ``path``."""
+    flow = build_flow(config, n_atoms)
+    flow.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return flow.eval()
