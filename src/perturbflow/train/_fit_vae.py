@@ -25,5 +25,5 @@ def fit_vae(counts, rows: np.ndarray, genes: list[str], config, stage: Stage | N
             counts, rows, genes, config, progress_bar=progress_bar, trainer_kwargs=trainer_kwargs, **kwargs
         ),
         save=lambda vae, path: vae.save(path / VAE_DIR),
-        load=lambda path: CountVAE.load(path / VAE_DIR, genes),
+        load=lambda path: CountVAE.load(path / VAE_DIR, genes, config.vae_decoder),
     )
