@@ -37,12 +37,20 @@ def fit_flow(
     devices: int | str = "auto",
     seed: int = 0,
     progress_bar: bool = True,
+    strategy: str = "auto",
+    precision: str | int | None = None,
 ) -> LatentFlowModule:
     """Train a fresh latent flow on ``train_groups`` (validated on ``val_groups``, if any).
 
     Each step draws ``flow_batch_size`` sets of ``set_size`` control latents paired with as
     many perturbed latents of one group (see :class:`~perturbflow.data.PairedSetDataset`);
     the weights are averaged by Lightning's EMA callback when ``ema_decay > 0``.
+
+    ``accelerator``, ``devices``, ``strategy`` and ``precision`` (``None``: Lightning's
+    default, 32-bit) go to the Lightning trainer. On several devices (``strategy="ddp"``)
+    each process draws its own sets (see :class:`~perturbflow.data.PairedSetDataset`), an
+    epoch's ``flow_steps_per_epoch * flow_batch_size`` sets are shared out between the
+    processes, and every process ends with the same weights.
 
     Returns
     -------
@@ -66,6 +74,8 @@ def fit_flow(
         max_epochs=max_epochs or config.flow_max_epochs,
         accelerator=accelerator,
         devices=devices,
+        strategy=strategy,
+        **({} if precision is None else {"precision": precision}),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=progress_bar,
