@@ -29,28 +29,32 @@ SCRIPT = Path(__file__).with_name("ddp_train.py")
 LAUNCH_VARIABLES = ("LOCAL_RANK", "RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-@pytest.fixture(scope="module")
-def ddp_run(tmp_path_factory):
-    """The output folder of one 2-process DDP training: ``model/``, ``rank0.json``, ``rank1.json``."""
-    out = tmp_path_factory.mktemp("ddp")
+def run_ddp(out: Path, accelerator: str = "cpu") -> Path:
+    """Run ``ddp_train.py`` into ``out``: ``model/``, ``rank0.json``, ``rank1.json``."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
     src = str(Path(pf.__file__).resolve().parents[1])  # the perturbflow under test, in both processes
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out), "ddp"],
-        cwd=out, env=env, capture_output=True, text=True, timeout=900,
+        [sys.executable, str(SCRIPT), str(out), "ddp", accelerator],
+        cwd=out, env=env, capture_output=True, text=True, timeout=900, check=False,
     )
     assert done.returncode == 0, f"DDP training failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     return out
 
 
-def _ranks(out: Path) -> list[dict]:
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """The output folder of one 2-process DDP training on the CPU."""
+    return run_ddp(tmp_path_factory.mktemp("ddp"))
+
+
+def ranks_of(out: Path) -> list[dict]:
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
 def test_both_stages_ran_on_two_processes(ddp_run, synthetic_adata):
-    ranks = _ranks(ddp_run)
+    ranks = ranks_of(ddp_run)
     assert [r["rank"] for r in ranks] == [0, 1]
     for r in ranks:
         assert r["world_size"] == 2 and r["backend"] == "gloo"
@@ -69,10 +73,10 @@ def test_only_rank_zero_wrote_the_model(ddp_run):
     assert sorted(p.name for p in ddp_run.iterdir()) == ["model", "rank0.json", "rank1.json"]
     loaded = pf.PerturbFlow.load(ddp_run / "model")
     flow_sum = float(sum(p.detach().double().abs().sum() for p in loaded.flow.parameters()))
-    assert flow_sum == pytest.approx(_ranks(ddp_run)[0]["flow_checksum"], rel=1e-6)
+    assert flow_sum == pytest.approx(ranks_of(ddp_run)[0]["flow_checksum"], rel=1e-6)
 
 
-def _delta_correlation(pred, real, controls) -> float:
+def delta_correlation(pred, real, controls) -> float:
     """Mean Pearson correlation, over held-out (combination, cell type) groups, of the predicted
     and real mean log-normalised changes from the control cells."""
     out = []
@@ -94,8 +98,8 @@ def test_ddp_model_predicts_like_a_single_process_model(ddp_run, synthetic_adata
     assert is_integer_matrix(pred.X)
     assert np.all(np.isfinite(pred.layers["expected"])) and np.all(np.isfinite(pred.obsm["X_perturbflow"]))
     real = synthetic_adata[synthetic_adata.obs["perturbation"].isin(held_out)]
-    ddp = _delta_correlation(pred, real, controls)
-    single = _delta_correlation(trained_model.predict(controls, perturbations=held_out, seed=0), real, controls)
+    ddp = delta_correlation(pred, real, controls)
+    single = delta_correlation(trained_model.predict(controls, perturbations=held_out, seed=0), real, controls)
     assert ddp > 0.5, ddp  # the held-out combinations' changes are found
     assert ddp > single - 0.15, (ddp, single)  # and about as well as on one process
 
