@@ -6,7 +6,7 @@ Usage (from the repository root; no data files needed, the counts are simulated)
     python benchmarks/gpu.py --cells 1000000       # larger
     python benchmarks/gpu.py --device cpu --cells 2000 --genes 200 --max-epochs 1 \\
         --flow-epochs 2 --flow-steps 5 --flow-batch-size 16 --threads 1 \\
-        --out /tmp/gpu_dry.csv  # dry run on the CPU, a minute or two
+        --out gpu_dry.csv  # dry run on the CPU, a minute or two
 
 Writes ``benchmarks/results/gpu.csv`` (one row per measurement) and prints it.
 
