@@ -171,3 +171,29 @@ def test_predict_device_choice(trained_model, controls):
         trained_model.predict(controls, perturbations=["G0+G1"], device="tpu-ish")
     for module in (trained_model.vae.module, trained_model.flow):
         assert all(p.device.type == "cpu" for p in module.parameters())
+
+
+# ---------------------------------------------------------------- rank 0 writes; the CLI
+def test_save_writes_only_on_rank_zero(trained_model, tmp_path, monkeypatch):
+    import perturbflow._distributed as distributed
+
+    monkeypatch.setattr(distributed, "global_rank", lambda: 1)
+    trained_model.save(tmp_path / "rank1")
+    assert not (tmp_path / "rank1").exists()
+    monkeypatch.setattr(distributed, "global_rank", lambda: 0)
+    trained_model.save(tmp_path / "rank0")
+    assert pf.PerturbFlow.load(tmp_path / "rank0").is_trained
+
+
+def test_cli_passes_strategy_precision_and_device():
+    from perturbflow.cli import build_parser
+
+    parser = build_parser()
+    train = ["train", "x.h5ad", "--perturbation-key", "p", "--control", "c", "--out", "m"]
+    args = parser.parse_args(train)
+    assert (args.strategy, args.precision) == ("auto", None)
+    args = parser.parse_args([*train, "--devices", "2", "--strategy", "ddp", "--precision", "bf16-mixed"])
+    assert (args.devices, args.strategy, args.precision) == ("2", "ddp", "bf16-mixed")
+    predict = ["predict", "m", "--control-cells", "c.h5ad", "--perturbations", "A", "--out", "p.h5ad"]
+    assert parser.parse_args(predict).device is None
+    assert parser.parse_args([*predict, "--device", "cpu"]).device == "cpu"
