@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import lightning.pytorch as pl
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from perturbflow.data import Group, PairedSetDataset
 from perturbflow.flow import LatentFlowModule
 from perturbflow.train._plan import FlowTrainingPlan
+
+
+@dataclass(frozen=True)
+class EMAUpdate:
+    """The exponential moving average of torch's ``get_ema_avg_fn``, as an object that pickles.
+
+    ``strategy="ddp_spawn"`` pickles the trainer's callbacks into the processes it starts, and
+    Lightning's ``EMAWeightAveraging`` holds torch's update as a closure, which does not pickle.
+    ``WeightAveraging(avg_fn=EMAUpdate(decay))`` updates after every optimizer step, as
+    ``EMAWeightAveraging(decay=decay)`` does.
+    """
+
+    decay: float
+
+    @torch.no_grad()
+    def __call__(self, ema_param: torch.Tensor, current_param: torch.Tensor, num_averaged) -> torch.Tensor:
+        return self.decay * ema_param + (1 - self.decay) * current_param
 
 
 def build_flow(config, n_atoms: int) -> LatentFlowModule:
@@ -67,9 +87,9 @@ def fit_flow(
         loaders["val_dataloaders"] = DataLoader(val_set, batch_size=config.flow_batch_size)
     callbacks = []
     if config.ema_decay > 0:
-        from lightning.pytorch.callbacks import EMAWeightAveraging
+        from lightning.pytorch.callbacks import WeightAveraging
 
-        callbacks.append(EMAWeightAveraging(decay=config.ema_decay))
+        callbacks.append(WeightAveraging(avg_fn=EMAUpdate(config.ema_decay)))
     trainer = pl.Trainer(
         max_epochs=max_epochs or config.flow_max_epochs,
         accelerator=accelerator,
