@@ -197,3 +197,16 @@ def test_cli_passes_strategy_precision_and_device():
     predict = ["predict", "m", "--control-cells", "c.h5ad", "--perturbations", "A", "--out", "p.h5ad"]
     assert parser.parse_args(predict).device is None
     assert parser.parse_args([*predict, "--device", "cpu"]).device == "cpu"
+
+
+def test_flow_ema_update_pickles_and_matches_torch():
+    """``ddp_spawn`` pickles the trainer's callbacks; the EMA update must survive it unchanged."""
+    import pickle
+
+    from torch.optim.swa_utils import get_ema_avg_fn
+
+    from perturbflow.train._fit_flow import EMAUpdate
+
+    update = pickle.loads(pickle.dumps(EMAUpdate(0.9)))
+    ema, current = torch.randn(5), torch.randn(5)
+    torch.testing.assert_close(update(ema, current, 3), get_ema_avg_fn(0.9)(ema, current, 3), rtol=0, atol=0)

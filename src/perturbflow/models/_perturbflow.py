@@ -180,7 +180,7 @@ class PerturbFlow:
             perturbflow the flow's sets, out between the processes). With ``"ddp"`` Lightning
             runs the calling script once per device, so run it as a script (not in a notebook):
             every process ends ``train`` with the same model, and :meth:`save` writes only
-            from rank 0.
+            from rank 0. (``"ddp_spawn"`` works too, but starts new processes for each stage.)
         precision
             Lightning's precision for both stages, e.g. ``"bf16-mixed"`` (bfloat16 autocast) on
             a GPU; ``None`` keeps Lightning's default (32-bit).
