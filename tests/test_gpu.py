@@ -101,7 +101,7 @@ def test_predict_on_cuda_matches_cpu(gpu_model, gpu_data, gpu_controls):
     np.testing.assert_allclose(on_gpu.obsm["X_perturbflow"], on_cpu.obsm["X_perturbflow"], rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(on_gpu.layers["expected"], on_cpu.layers["expected"], rtol=1e-3, atol=1e-3)
     # counts are rounded from the expected values: the rare entry near a rounding edge may flip
-    assert np.mean(on_gpu.X.toarray() != on_cpu.X.toarray()) < 1e-3
+    assert np.mean(on_gpu.X.toarray() != on_cpu.X.toarray()) < 1e-2
     # the decoder's own sampling (no flow), from the GPU's random stream
     pred = gpu_model.predict(gpu_controls, perturbations=held_out, seed=2, device="cuda", method="latent_shift")
     assert is_integer_matrix(pred.X) and np.all(np.isfinite(pred.layers["expected"]))
