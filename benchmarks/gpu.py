@@ -5,7 +5,8 @@ Usage (from the repository root; no data files needed, the counts are simulated)
     python benchmarks/gpu.py                       # one GPU, 200k cells x 2000 genes, a few minutes
     python benchmarks/gpu.py --cells 1000000       # larger
     python benchmarks/gpu.py --device cpu --cells 2000 --genes 200 --max-epochs 1 \\
-        --flow-epochs 2 --flow-steps 5 --threads 1  # dry run on the CPU, seconds
+        --flow-epochs 2 --flow-steps 5 --flow-batch-size 16 --threads 1 \\
+        --out gpu_dry.csv  # dry run on the CPU, a minute or two
 
 Writes ``benchmarks/results/gpu.csv`` (one row per measurement) and prints it.
 
@@ -31,10 +32,14 @@ controls):
 - ``train``: the whole :meth:`PerturbFlow.train` (stage 1, priors, flow, calibration) with
   ``--backbone``, as a ratio to SCVI's time, like ``speed.py``.
 - ``predict``: :meth:`PerturbFlow.predict` of ``--perturbations`` combinations from every
-  control cell; ``scvi_predict``: SCVI's ``posterior_predictive_sample`` of the same cells.
+  control cell, its modules on ``--device`` (``predict(..., device=...)``); ``scvi_predict``:
+  SCVI's ``posterior_predictive_sample`` of the same cells.
 - ``predict_device``: the compute of prediction on the device alone (encode, integrate the
-  flow, decode the mean and sample counts, in batches of ``--predict-batch`` cells), what
-  ``predict`` could reach with its modules on the GPU; ``predict`` itself runs on the CPU.
+  flow, decode the mean and sample counts, in batches of ``--predict-batch`` cells), the
+  ceiling of ``predict``, whose AnnData, priors and count rounding stay on the CPU.
+
+``--precision bf16-mixed`` trains every stage (SCVI, stage 1, the flows, ``train``) under
+bfloat16 autocast; the default is 32-bit.
 
 Peak GPU memory (``torch.cuda.max_memory_allocated``) is recorded per measurement;
 ``ratio_to_scvi`` is a speed ratio (above 1: faster than SCVI; for ``train``, SCVI's time over
@@ -302,6 +307,9 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
+    parser.add_argument(
+        "--precision", default=None, help="Lightning precision of every fit, e.g. bf16-mixed (default: 32-bit)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "gpu.csv")
     args = parser.parse_args()
@@ -315,7 +323,8 @@ def main() -> None:
         logging.WARNING
     )  # one line per trainer otherwise
     accelerator = "gpu" if args.device == "cuda" else "cpu"
-    on_device = {"accelerator": accelerator, "devices": 1, "progress_bar": False}
+    on_device = {"accelerator": accelerator, "devices": 1, "progress_bar": False, "precision": args.precision}
+    precision = {} if args.precision is None else {"precision": args.precision}  # for SCVI
     start = time.perf_counter()
     adata = synthetic_counts(args.cells, args.genes, args.atoms, args.controls, args.seed)
     print(
@@ -359,6 +368,7 @@ def main() -> None:
             enable_progress_bar=False,
             logger=False,
             enable_checkpointing=False,
+            **precision,
         )
     scvi_rate = fitted / m.seconds
     rows.append(
@@ -413,6 +423,7 @@ def main() -> None:
             batch_size=args.batch_size,
             seed=args.seed,
             progress_bar=False,
+            precision=args.precision,
         )
     scvi_s = rows[0]["seconds"]
     rows.append(
@@ -429,7 +440,7 @@ def main() -> None:
     controls = adata[adata.obs["perturbation"] == "control"].copy()
     labels = [f"{a}+{b}" for a, b in zip(model.atoms, model.atoms[1:])][: args.perturbations]
     with Meter(args.device) as m:
-        pred = model.predict(controls, perturbations=labels, seed=args.seed)
+        pred = model.predict(controls, perturbations=labels, seed=args.seed, device=args.device)
     predict_rate = pred.n_obs / m.seconds
     ctrl = ad.AnnData(X=controls.X, obs=controls.obs[[]].copy(), var=controls.var[[]].copy())
     scvi.model.SCVI.setup_anndata(ctrl)
@@ -500,6 +511,7 @@ def main() -> None:
         n_genes=adata.n_vars,
         vae_epochs=epochs,
         batch_size=args.batch_size,
+        precision=args.precision or "32-true",
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
     with pd.option_context(
@@ -507,7 +519,7 @@ def main() -> None:
     ):
         print(
             table.drop(
-                columns=["device", "n_cells", "n_genes", "vae_epochs", "batch_size"]
+                columns=["device", "n_cells", "n_genes", "vae_epochs", "batch_size", "precision"]
             ).to_string(index=False)
         )
     if args.device != "cuda":

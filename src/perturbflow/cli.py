@@ -112,9 +112,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
     model = pf.PerturbFlow(adata, backbone=args.backbone)
     devices = int(args.devices) if str(args.devices).isdigit() else args.devices
+    precision = int(args.precision) if str(args.precision).isdigit() else args.precision
     model.train(max_epochs=args.max_epochs, accelerator=args.accelerator, devices=devices, seed=args.seed,
                 progress_bar=not args.quiet, checkpoint_dir=checkpoints,
-                checkpoint_every_n_steps=args.checkpoint_every, resume=args.resume)
+                checkpoint_every_n_steps=args.checkpoint_every, resume=args.resume,
+                strategy=args.strategy, precision=precision)
     if is_main_process():
         model.save(args.out, overwrite=True)  # replaces the run's checkpoints only once the model is complete
         print(f"saved model to {args.out}")
@@ -126,7 +128,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     refuse_existing(args.out, args.overwrite)
     model = pf.PerturbFlow.load(args.model_dir)
     control = read_h5ad(args.control_cells)
-    pred = model.predict(control, perturbations=args.perturbations, n_cells=args.n_cells, seed=args.seed)
+    pred = model.predict(control, perturbations=args.perturbations, n_cells=args.n_cells, seed=args.seed,
+                         device=args.device)
     write_atomically(args.out, lambda p: pred.write_h5ad(p, compression="gzip"))
     print(f"wrote {pred.n_obs} predicted cells x {pred.n_vars} genes to {args.out}")
     applied = pred.uns["perturbflow_prediction"]["flow_correction"]
@@ -236,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"])
     p.add_argument("--devices", default="auto", help="number of devices, or auto")
+    p.add_argument("--strategy", default="auto",
+                   help="Lightning strategy of both stages, e.g. ddp for several devices (default: auto)")
+    p.add_argument("--precision", default=None,
+                   help="Lightning precision of both stages, e.g. bf16-mixed (default: 32-bit)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     p.add_argument(
         "--resume", action="store_true",
@@ -254,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--perturbations", required=True, nargs="+", help="perturbations to predict, e.g. KLF1+MAP2K6")
     p.add_argument("--out", required=True, help="predicted AnnData (.h5ad) to write")
     p.add_argument("--n-cells", type=int, default=None, help="cells per perturbation (default: one per control cell)")
+    p.add_argument("--device", default=None,
+                   help="where the model runs: cpu, cuda, cuda:N (default: a CUDA device if there is one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=cmd_predict)

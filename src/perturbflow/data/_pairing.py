@@ -10,6 +10,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch.utils.data import Dataset
 
+from perturbflow._distributed import global_rank, worker_id
+
 Coupling = Literal["random", "ot"]
 
 
@@ -52,6 +54,12 @@ class PairedSetDataset(Dataset):
     20-dimensional latent, OT within 32 cells pairs almost at random, and the flow learned
     from such pairs contracts the cells towards their mean (Tong et al. 2023 describe the
     minibatch approximation of the OT coupling and its dependence on the batch size).
+
+    Items are drawn at random whatever their index, so in a multi-device run (DDP) or with
+    several data-loader workers each process draws from its own stream: the single process
+    (rank 0, main worker) keeps the stream of ``seed``, any other one is seeded from
+    ``(seed, rank, worker)``. The OT plans are made once from ``seed`` and are the same in
+    every process.
     """
 
     OT_POOL = 256  # cells per side of a group's OT plan
@@ -73,7 +81,10 @@ class PairedSetDataset(Dataset):
         self.set_size = set_size
         self.n_items = n_items
         self.coupling = coupling
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
+        self._process: tuple[int, int] | None = None  # (rank, worker) of self._draws
+        self._draws = self.rng
         self.atoms = pad_atoms([g.atom_ids for g in groups])
         self.plans = [self._plans(g) for g in groups] if coupling == "ot" else None
 
@@ -90,15 +101,25 @@ class PairedSetDataset(Dataset):
     def __len__(self) -> int:
         return self.n_items
 
+    def _stream(self) -> np.random.Generator:
+        """The item stream of this process: known only once the process runs (DDP re-launches
+        or spawns processes, and workers get copies of the dataset, after it is built)."""
+        process = (global_rank(), worker_id())
+        if process != self._process:
+            self._process = process
+            self._draws = self.rng if process == (0, 0) else np.random.default_rng([self.seed, *process])
+        return self._draws
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        g = self.rng.integers(len(self.groups))
+        rng = self._stream()
+        g = rng.integers(len(self.groups))
         group = self.groups[g]
         if self.plans is None:
-            src = self.rng.choice(group.source_idx, self.set_size)
-            tgt = self.rng.choice(group.target_idx, self.set_size)
+            src = rng.choice(group.source_idx, self.set_size)
+            tgt = rng.choice(group.target_idx, self.set_size)
         else:
-            src, tgt = self.plans[g][self.rng.integers(self.N_PLANS)]
-            pick = self.rng.choice(len(src), self.set_size, replace=len(src) < self.set_size)
+            src, tgt = self.plans[g][rng.integers(self.N_PLANS)]
+            pick = rng.choice(len(src), self.set_size, replace=len(src) < self.set_size)
             src, tgt = src[pick], tgt[pick]
         return {
             "x_0": torch.from_numpy(self.z[src]),  # (S, D)

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
+from perturbflow._distributed import is_global_zero
 from perturbflow._errors import PerturbFlowError
 from perturbflow.data import (
     context_labels,
@@ -28,6 +29,7 @@ from perturbflow.data import (
 from perturbflow.flow import LatentFlowModule
 from perturbflow.metrics._likelihood import DISPERSION_KEY
 from perturbflow.models._config import PerturbFlowConfig
+from perturbflow.models._device import modules_on, prediction_device
 from perturbflow.models._inputs import aligned_counts, control_cells, requested_perturbations
 from perturbflow.models._persistence import read_model, write_model
 from perturbflow.models._prior import BaselinePrior
@@ -159,6 +161,8 @@ class PerturbFlow:
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every_n_steps: int = DEFAULT_EVERY_N_STEPS,
         resume: bool = False,
+        strategy: str = "auto",
+        precision: str | int | None = None,
     ) -> None:
         """Fit the count VAE (stage 1), then the latent flow (stage 2).
 
@@ -187,6 +191,16 @@ class PerturbFlow:
             Continue the interrupted run whose checkpoints ``checkpoint_dir`` holds, with the
             same data and arguments: a finished stage is loaded, the stage in progress
             continues from its last checkpoint with the random states saved in it.
+        strategy
+            Lightning's strategy for both stages, e.g. ``"ddp"`` with ``devices=4`` for data
+            parallel training on 4 GPUs (scvi-tools then shares the VAE's cells, and
+            perturbflow the flow's sets, out between the processes). With ``"ddp"`` Lightning
+            runs the calling script once per device, so run it as a script (not in a notebook):
+            every process ends ``train`` with the same model, and :meth:`save` writes only
+            from rank 0. (``"ddp_spawn"`` works too, but starts new processes for each stage.)
+        precision
+            Lightning's precision for both stages, e.g. ``"bf16-mixed"`` (bfloat16 autocast) on
+            a GPU; ``None`` keeps Lightning's default (32-bit).
         """
         if self.adata is None:
             raise PerturbFlowError("this model was loaded without training data; it can only predict")
@@ -215,6 +229,8 @@ class PerturbFlow:
             progress_bar=progress_bar,
             seed=seed,
             stage=run.stage("vae") if run else None,
+            strategy=strategy,
+            precision=precision,
         )
         elapsed = time.perf_counter() - start
         epochs = self.vae.epochs
@@ -265,7 +281,8 @@ class PerturbFlow:
         logger.info("stage 2: latent flow on %d groups (%d validation)", len(train_groups), len(val_groups))
 
         fit = dict(z_all=z_all, stats=stats, max_epochs=flow_max_epochs or max_epochs, accelerator=accelerator,
-                   devices=devices, seed=seed, progress_bar=progress_bar, stage=run.stage("flow") if run else None)
+                   devices=devices, seed=seed, progress_bar=progress_bar, stage=run.stage("flow") if run else None,
+                   strategy=strategy, precision=precision)
         # The flow is fitted once. With a baseline prior, a fifth of the training groups
         # (or the validation groups) is held out of that fit and used to choose how much of
         # the flow's correction to keep, for this very network.
@@ -341,6 +358,7 @@ class PerturbFlow:
         solver: Literal["euler", "midpoint", "adaptive"] | None = None,
         return_path: bool = False,
         method: Literal["flow", "latent_shift"] = "flow",
+        device: str | torch.device | None = None,
     ) -> AnnData:
         """Predict perturbed cells from control cells.
 
@@ -371,6 +389,10 @@ class PerturbFlow:
             arithmetic with this model's VAE (each control latent plus the perturbation's mean
             latent shift in the other contexts, or the sum of its atoms' shifts, decoded and
             sampled at the cell's library size); no flow.
+        device
+            Where the VAE and the flow run for this prediction: ``None`` picks a CUDA device when
+            torch sees one and the CPU otherwise, like scvi-tools' ``accelerator="auto"``;
+            ``"cpu"``, ``"cuda"``, ``"cuda:1"``... choose. The modules go back to the CPU after it.
 
         Returns
         -------
@@ -381,6 +403,10 @@ class PerturbFlow:
         ``source_cell``.
         """
         self._check_trained()
+        with modules_on(prediction_device(device), self.vae.module, self.flow):
+            return self._predict(control_adata, perturbations, n_steps, seed, n_cells, solver, return_path, method)
+
+    def _predict(self, control_adata, perturbations, n_steps, seed, n_cells, solver, return_path, method) -> AnnData:
         if method not in ("flow", "latent_shift"):
             raise PerturbFlowError(f"unknown method {method!r}; use 'flow' or 'latent_shift'")
         if return_path and method != "flow":
@@ -502,6 +528,7 @@ class PerturbFlow:
         context new to the flow is given the flow's null context."""
         S = self.config.set_size
         n, D = z0.shape
+        device = next(self.flow.parameters()).device  # the prediction's device
         n_full = (n // S) * S
         outs, paths = [], []
         step = S * TRANSPORT_SETS
@@ -510,15 +537,15 @@ class PerturbFlow:
             if part.shape[0] == 0 or part.shape[1] == 0:
                 continue
             B = part.shape[0]
-            x_0 = torch.from_numpy(part.astype(np.float32))  # (B, S, D)
-            atoms = torch.tensor([atom_ids] * B, dtype=torch.long)  # (B, A)
-            context = stats.float().expand(B, -1)  # (B, 2D)
-            res = self.flow.transport(x_0, atoms, context, prior.float().expand(B, -1), n_steps=n_steps, solver=solver, return_path=return_path,
+            x_0 = torch.from_numpy(part.astype(np.float32)).to(device)  # (B, S, D)
+            atoms = torch.tensor([atom_ids] * B, dtype=torch.long, device=device)  # (B, A)
+            context = stats.float().to(device).expand(B, -1)  # (B, 2D)
+            res = self.flow.transport(x_0, atoms, context, prior.float().to(device).expand(B, -1), n_steps=n_steps, solver=solver, return_path=return_path,
                                      new_context=new_context)
             x_1, path = res if return_path else (res, None)
-            outs.append(x_1.reshape(-1, D).numpy())
+            outs.append(x_1.reshape(-1, D).cpu().numpy())
             if return_path:
-                paths.append(path.reshape(path.shape[0], -1, D).numpy())
+                paths.append(path.reshape(path.shape[0], -1, D).cpu().numpy())
         path = np.concatenate(paths, axis=1) if return_path else None
         return np.concatenate(outs), path
 
@@ -532,8 +559,13 @@ class PerturbFlow:
             Folder to write. It must not hold files unless ``overwrite`` is true.
         overwrite
             Replace an existing folder (only once the new one is complete).
+
+        In a multi-device run (``strategy="ddp"``) only rank 0 writes; on the other ranks
+        this does nothing.
         """
         self._check_trained()
+        if not is_global_zero():
+            return
         write_model(self, Path(dir_path), overwrite)
 
     @classmethod

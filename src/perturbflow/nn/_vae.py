@@ -11,6 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from perturbflow._distributed import allowing_unused_parameters
 from perturbflow.data import TARGET_SUM
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,12 @@ class CountVAE:
     def module(self):
         return self.scvi_model.module
 
+    @property
+    def device(self) -> torch.device:
+        """Where the module is: the CPU, except while a prediction has moved it to its device.
+        Encoding and decoding run there and return NumPy arrays."""
+        return next(self.module.parameters()).device
+
     @classmethod
     def fit(
         cls,
@@ -113,6 +120,8 @@ class CountVAE:
         progress_bar: bool = True,
         seed: int = 0,
         trainer_kwargs: dict | None = None,
+        strategy: str = "auto",
+        precision: str | int | None = None,
     ) -> CountVAE:
         """Fit SCVI on ``counts[rows]`` with observed library sizes.
 
@@ -120,6 +129,9 @@ class CountVAE:
         here and passed to scvi-tools, whose own split is drawn from ``scvi.settings.seed``
         (unset by default, so two fits would otherwise differ). ``trainer_kwargs`` go to
         ``SCVI.train`` and on to Lightning's ``Trainer`` (callbacks, ``ckpt_path`` to resume).
+
+        ``accelerator``, ``devices``, ``strategy`` and ``precision`` go to scvi-tools' trainer;
+        with a DDP strategy scvi-tools shares each epoch's cells out between the processes.
         """
         import scvi
 
@@ -147,6 +159,8 @@ class CountVAE:
             "enable_progress_bar": progress_bar,
             "logger": False,
             "enable_checkpointing": False,
+            "strategy": allowing_unused_parameters(strategy),
+            **({} if precision is None else {"precision": precision}),
             "datasplitter_kwargs": {"external_indexing": [np.sort(order[n_val:]), np.sort(order[:n_val])]},
         }
         model.train(**{**kwargs, **(trainer_kwargs or {})})
@@ -161,16 +175,16 @@ class CountVAE:
         self.module.eval()
         out = []
         for start in range(0, len(rows), CHUNK):
-            x = _dense_rows(counts, rows[start : start + CHUNK])  # (n, G)
-            batch = torch.zeros(x.shape[0], 1, dtype=torch.long)
+            x = _dense_rows(counts, rows[start : start + CHUNK]).to(self.device)  # (n, G)
+            batch = torch.zeros(x.shape[0], 1, dtype=torch.long, device=x.device)
             inference = self.module.inference(x, batch_index=batch)
-            out.append(inference["qz"].loc.numpy())
+            out.append(inference["qz"].loc.cpu().numpy())
         return np.concatenate(out).astype(np.float32)
 
     @torch.no_grad()
     def distribution(self, z: torch.Tensor, library: torch.Tensor):
         """The decoder's count distribution ``p(x | z, l)`` for latents ``(n, D)``, libraries ``(n,)``."""
-        batch = torch.zeros(z.shape[0], 1, dtype=torch.long)
+        batch = torch.zeros(z.shape[0], 1, dtype=torch.long, device=z.device)
         out = self.module.generative(z, torch.log(library).unsqueeze(-1), batch)
         return out["px"]
 
@@ -184,14 +198,16 @@ class CountVAE:
         """
         self.module.eval()
         samples, means = [], []
-        with torch.random.fork_rng(devices=[]):
+        device = self.device
+        cuda = [] if device.type != "cuda" else [torch.cuda.current_device() if device.index is None else device.index]
+        with torch.random.fork_rng(devices=cuda):  # the seed leaves the global streams as they were
             torch.manual_seed(seed)
             for start in range(0, len(z), CHUNK):
-                zz = torch.as_tensor(z[start : start + CHUNK], dtype=torch.float32)
-                lib = torch.as_tensor(library[start : start + CHUNK], dtype=torch.float32)
+                zz = torch.as_tensor(z[start : start + CHUNK], dtype=torch.float32, device=device)
+                lib = torch.as_tensor(library[start : start + CHUNK], dtype=torch.float32, device=device)
                 px = self.distribution(zz, lib)
-                means.append(px.mean.numpy().astype(np.float32))
-                samples.append(sp.csr_matrix(px.sample().numpy().astype(np.int32)))
+                means.append(px.mean.cpu().numpy().astype(np.float32))
+                samples.append(sp.csr_matrix(px.sample().cpu().numpy().astype(np.int32)))
         return sp.vstack(samples).tocsr(), np.concatenate(means)
 
     @torch.no_grad()
@@ -201,14 +217,14 @@ class CountVAE:
         The change of log-normalised expression the decoder gives for moving each cell from
         ``z_0`` to ``z_1``; it depends on the cell's state, not only on the move.
         """
-        out = []
+        out, device = [], self.device
         for start in range(0, len(z_0), CHUNK):
             sl = slice(start, start + CHUNK)
-            lib = torch.as_tensor(library[sl], dtype=torch.float32).clamp(min=1)  # (n,)
+            lib = torch.as_tensor(library[sl], dtype=torch.float32, device=device).clamp(min=1)  # (n,)
             scale = (TARGET_SUM / lib).unsqueeze(-1)  # (n, 1)
-            mu_0 = self.distribution(torch.as_tensor(z_0[sl], dtype=torch.float32), lib).mean
-            mu_1 = self.distribution(torch.as_tensor(z_1[sl], dtype=torch.float32), lib).mean
-            out.append((torch.log1p(mu_1 * scale) - torch.log1p(mu_0 * scale)).numpy())  # (n, G)
+            mu_0 = self.distribution(torch.as_tensor(z_0[sl], dtype=torch.float32, device=device), lib).mean
+            mu_1 = self.distribution(torch.as_tensor(z_1[sl], dtype=torch.float32, device=device), lib).mean
+            out.append((torch.log1p(mu_1 * scale) - torch.log1p(mu_0 * scale)).cpu().numpy())  # (n, G)
         return np.concatenate(out)
 
     @torch.no_grad()
@@ -259,19 +275,20 @@ class CountVAE:
     @torch.no_grad()
     def dispersion(self) -> np.ndarray:
         """The decoder's gene-wise NB inverse dispersion ``theta``, shape ``(G,)``."""
-        z = torch.zeros(1, self.module.n_latent)
-        return self.distribution(z, torch.ones(1)).theta.reshape(-1).numpy().astype(np.float64)
+        z = torch.zeros(1, self.module.n_latent, device=self.device)
+        theta = self.distribution(z, torch.ones(1, device=self.device)).theta
+        return theta.reshape(-1).cpu().numpy().astype(np.float64)
 
     @torch.no_grad()
     def log_likelihood(self, counts, rows: np.ndarray) -> np.ndarray:
         """Per-cell reconstruction log-likelihood ``log p(x | E[z | x], l)``."""
         out = []
         for start in range(0, len(rows), CHUNK):
-            x = _dense_rows(counts, rows[start : start + CHUNK])
-            batch = torch.zeros(x.shape[0], 1, dtype=torch.long)
+            x = _dense_rows(counts, rows[start : start + CHUNK]).to(self.device)
+            batch = torch.zeros(x.shape[0], 1, dtype=torch.long, device=x.device)
             qz = self.module.inference(x, batch_index=batch)["qz"]
             px = self.distribution(qz.loc, x.sum(-1).clamp(min=1))
-            out.append(px.log_prob(x).sum(-1).numpy())
+            out.append(px.log_prob(x).sum(-1).cpu().numpy())
         return np.concatenate(out)
 
     def save(self, path: Path) -> None:

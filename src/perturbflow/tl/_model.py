@@ -35,7 +35,8 @@ def fit(
         Random seed of training.
     **kwargs
         Arguments of :meth:`PerturbFlow.train <perturbflow.PerturbFlow.train>`
-        (``accelerator``, ``devices``, ``flow_max_epochs``, ``batch_size``, ``progress_bar``)
+        (``accelerator``, ``devices``, ``strategy``, ``precision``, ``flow_max_epochs``,
+        ``batch_size``, ``progress_bar``)
         and hyper-parameters of :class:`~perturbflow.PerturbFlowConfig` (``n_latent``,
         ``flow_steps_per_epoch``, ...), told apart by name.
 
@@ -92,6 +93,7 @@ def predict(
     seed: int = 0,
     n_cells: int | None = None,
     solver: Literal["euler", "midpoint", "adaptive"] | None = None,
+    device: str | None = None,
 ) -> AnnData:
     """Predict perturbed cells from control cells.
 
@@ -112,6 +114,9 @@ def predict(
         Cells per perturbation, drawn with replacement; ``None`` gives one per control cell.
     solver
         ``"euler"``, ``"midpoint"`` or ``"adaptive"`` (default: the model's).
+    device
+        Where the model runs: ``None`` a CUDA device when there is one, else the CPU;
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``... choose.
 
     Returns
     -------
@@ -131,4 +136,5 @@ def predict(
         seed=seed,
         n_cells=n_cells,
         solver=solver,
+        device=device,
     )

@@ -360,10 +360,10 @@ def digest(names: list[str]) -> str:
 
 
 def is_main_process() -> bool:
-    """Whether this is the process of global rank 0 (Lightning reads the rank from the environment)."""
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
+    """Whether this is the process of global rank 0 (see :mod:`perturbflow._distributed`)."""
+    from perturbflow._distributed import is_global_zero
 
-    return getattr(rank_zero_only, "rank", 0) == 0
+    return is_global_zero()
 
 
 def is_unfinished_run(path: Path) -> bool:

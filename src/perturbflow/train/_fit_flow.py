@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -16,6 +17,23 @@ from perturbflow.train._checkpoints import RecordedDraws, Stage, stage_trainer_k
 from perturbflow.train._plan import FlowTrainingPlan
 
 FLOW_WEIGHTS = "flow.pt"  # of a finished flow stage
+
+
+@dataclass(frozen=True)
+class EMAUpdate:
+    """The exponential moving average of torch's ``get_ema_avg_fn``, as an object that pickles.
+
+    ``strategy="ddp_spawn"`` pickles the trainer's callbacks into the processes it starts, and
+    Lightning's ``EMAWeightAveraging`` holds torch's update as a closure, which does not pickle.
+    ``WeightAveraging(avg_fn=EMAUpdate(decay))`` updates after every optimizer step, as
+    ``EMAWeightAveraging(decay=decay)`` does.
+    """
+
+    decay: float
+
+    @torch.no_grad()
+    def __call__(self, ema_param: torch.Tensor, current_param: torch.Tensor, num_averaged) -> torch.Tensor:
+        return self.decay * ema_param + (1 - self.decay) * current_param
 
 
 def build_flow(config, n_atoms: int) -> LatentFlowModule:
@@ -45,6 +63,8 @@ def fit_flow(
     seed: int = 0,
     progress_bar: bool = True,
     stage: Stage | None = None,
+    strategy: str = "auto",
+    precision: str | int | None = None,
 ) -> LatentFlowModule:
     """Train a fresh latent flow on ``train_groups`` (validated on ``val_groups``, if any).
 
@@ -55,6 +75,12 @@ def fit_flow(
     With ``stage`` (the ``flow`` stage of a :class:`~perturbflow.train.TrainingRun`), the
     fit writes checkpoints and resumes from the stage's last one; a stage already finished
     is loaded, not trained again.
+
+    ``accelerator``, ``devices``, ``strategy`` and ``precision`` (``None``: Lightning's
+    default, 32-bit) go to the Lightning trainer. On several devices (``strategy="ddp"``)
+    each process draws its own sets (see :class:`~perturbflow.data.PairedSetDataset`), an
+    epoch's ``flow_steps_per_epoch * flow_batch_size`` sets are shared out between the
+    processes, and every process ends with the same weights.
 
     Returns
     -------
@@ -77,9 +103,9 @@ def fit_flow(
         loaders["val_dataloaders"] = DataLoader(datasets["val"], batch_size=config.flow_batch_size)
     callbacks = []
     if config.ema_decay > 0:
-        from lightning.pytorch.callbacks import EMAWeightAveraging
+        from lightning.pytorch.callbacks import WeightAveraging
 
-        callbacks.append(EMAWeightAveraging(decay=config.ema_decay))
+        callbacks.append(WeightAveraging(avg_fn=EMAUpdate(config.ema_decay)))
     stage_kwargs = stage_trainer_kwargs(stage, "stage 2: flow", progress_bar, datasets)
     callbacks += stage_kwargs.pop("callbacks")  # after the EMA: a checkpoint holds each step's average
     ckpt_path = stage_kwargs.pop("ckpt_path", None)
@@ -87,6 +113,8 @@ def fit_flow(
         max_epochs=max_epochs or config.flow_max_epochs,
         accelerator=accelerator,
         devices=devices,
+        strategy=strategy,
+        **({} if precision is None else {"precision": precision}),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=progress_bar,

@@ -17,17 +17,24 @@ class FlowTrainingPlan(pl.LightningModule):
         self.lr = lr
         self.weight_decay = weight_decay
 
+    def on_train_start(self) -> None:
+        # every process of a multi-device run starts from the same seed; the times and noise
+        # the loss draws should differ between them as the sets they are given do
+        if self.global_rank > 0:
+            torch.manual_seed((torch.initial_seed() + 1_000_003 * self.global_rank) % 2**63)
+
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.module.loss(batch["x_0"], batch["x_1"], batch["atoms"], batch["context"], batch["prior"])
 
     def training_step(self, batch, batch_idx):
         loss = self._loss(batch)
-        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=batch["x_0"].shape[0])
+        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=batch["x_0"].shape[0],
+                 sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
         loss = self._loss(batch)
-        self.log("validation_loss", loss, prog_bar=True, batch_size=batch["x_0"].shape[0])
+        self.log("validation_loss", loss, prog_bar=True, batch_size=batch["x_0"].shape[0], sync_dist=True)
         return loss
 
     def configure_optimizers(self):
