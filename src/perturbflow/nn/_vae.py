@@ -133,8 +133,6 @@ class CountVAE:
         ``accelerator``, ``devices``, ``strategy`` and ``precision`` go to scvi-tools' trainer;
         with a DDP strategy scvi-tools shares each epoch's cells out between the processes.
         """
-        import scvi
-
         if max_epochs is None:
             max_epochs = default_vae_epochs(len(rows), batch_size, config.vae_max_steps)
         adata = _anndata(counts[rows], genes)
