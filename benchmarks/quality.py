@@ -53,12 +53,14 @@ HEADLINE = ["pearson_delta", "pearson_delta_top20", "mse_top20", "energy_distanc
 
 @contextmanager
 def forced_correction(model, scale: float):
-    """The model with its flow correction forced to ``scale`` in every context."""
+    """The model with its flow's whole correction (mean included) forced to ``scale`` in
+    every context."""
     model.correction_scale_in = lambda context: scale  # an instance attribute hides the method
+    model.correction_centered_in = lambda context: False
     try:
         yield model
     finally:
-        del model.correction_scale_in
+        del model.correction_scale_in, model.correction_centered_in
 
 
 def score(pred, task, seed: int, name: str, pred_layer="expected") -> pd.DataFrame:

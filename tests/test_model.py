@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -90,24 +91,37 @@ def test_not_set_up():
         pf.PerturbFlow(pf.datasets.synthetic(n_genes=20, n_atoms=3, n_combos=2, n_cells_per_group=5, n_control_cells=10))
 
 
-def test_no_flow_correction_in_a_context_new_to_the_flow(trained_model, controls):
-    def predict(scale, flow_contexts):
-        saved = trained_model.correction_scale, trained_model.flow_contexts
+def test_flow_correction_in_seen_and_new_contexts(trained_model, controls):
+    def predict(scale, flow_contexts, new_context_flow="shape"):
+        saved = trained_model.correction_scale, trained_model.flow_contexts, trained_model.config.new_context_flow
         trained_model.correction_scale, trained_model.flow_contexts = scale, flow_contexts
+        trained_model.config.new_context_flow = new_context_flow
         try:
             return trained_model.predict(controls, perturbations=["G0"], seed=0)
         finally:
-            trained_model.correction_scale, trained_model.flow_contexts = saved
+            trained_model.correction_scale, trained_model.flow_contexts, trained_model.config.new_context_flow = saved
 
     fitted = list(trained_model.flow_contexts)
     assert fitted, "the synthetic data has perturbed cells in its contexts"
     corrected, prior_only = predict(1.0, fitted), predict(0.0, fitted)
     assert not np.allclose(corrected.layers["expected"], prior_only.layers["expected"])
-    new = predict(1.0, [])  # every context new to the flow: the prior's move alone
-    assert np.allclose(new.layers["expected"], prior_only.layers["expected"])
+    # every context new to the flow: "off" is the prior's move alone
+    off = predict(1.0, [], new_context_flow="off")
+    assert np.allclose(off.layers["expected"], prior_only.layers["expected"])
+    # "shape": the flow moves each cell, but every context's mean latent move is the prior's
+    shape = predict(0.0, [], new_context_flow="shape")
+    assert not np.allclose(shape.layers["expected"], prior_only.layers["expected"])
+    for c in pd.unique(controls.obs["cell_type"]):
+        cells = (shape.obs["cell_type"] == c).to_numpy()
+        np.testing.assert_allclose(shape.obsm["X_perturbflow"][cells].mean(0),
+                                   prior_only.obsm["X_perturbflow"][cells].mean(0), atol=1e-4)
     # what was applied is recorded with the prediction, per context
-    assert corrected.uns["perturbflow_prediction"]["flow_correction"] == {c: 1.0 for c in fitted}
-    assert set(new.uns["perturbflow_prediction"]["flow_correction"].values()) == {0.0}
+    info = corrected.uns["perturbflow_prediction"]
+    assert info["flow_correction"] == {c: 1.0 for c in fitted}
+    assert not any(info["flow_correction_centered"].values())
+    assert set(off.uns["perturbflow_prediction"]["flow_correction"].values()) == {0.0}
+    assert set(shape.uns["perturbflow_prediction"]["flow_correction"].values()) == {1.0}
+    assert all(shape.uns["perturbflow_prediction"]["flow_correction_centered"].values())
 
 
 def test_prediction_moves_each_cell_by_its_own_decoded_change(trained_model, controls):

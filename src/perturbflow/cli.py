@@ -132,9 +132,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
                          device=args.device)
     write_atomically(args.out, lambda p: pred.write_h5ad(p, compression="gzip"))
     print(f"wrote {pred.n_obs} predicted cells x {pred.n_vars} genes to {args.out}")
-    applied = pred.uns["perturbflow_prediction"]["flow_correction"]
-    print("flow correction applied (share of the flow's move beyond the prior): "
-          + ", ".join(f"{context or 'all cells'} {scale:.2f}" for context, scale in applied.items()))
+    info = pred.uns["perturbflow_prediction"]
+    centered = info.get("flow_correction_centered", {})
+    print("flow correction applied (share of the flow's move beyond the prior): " + ", ".join(
+        f"{context or 'all cells'} {scale:.2f}" + (" less its mean" if centered.get(context) and scale else "")
+        for context, scale in info["flow_correction"].items()))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

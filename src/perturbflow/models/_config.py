@@ -62,6 +62,12 @@ class PerturbFlowConfig:
         Remove the mean of the flow's correction to the prior over the cells of each predicted
         (perturbation, context): the prior sets the predicted mean shift and the flow how
         each cell moves around it.
+    new_context_flow
+        What of the flow's correction is applied in a context new to the flow (a cell type
+        or line without perturbed training cells): ``"shape"`` (the correction less its mean
+        over the predicted cells of each perturbation: the context transfer sets the mean
+        move, the flow, run under its learned null context, how each cell moves around it)
+        or ``"off"`` (none: the prediction is the context transfer's).
     decode
         ``"delta"``: each predicted cell is its real source cell moved by the decoded change
         along its flow path (the decoder's reconstruction error cancels); ``"direct"``: the
@@ -104,6 +110,7 @@ class PerturbFlowConfig:
     flow_prior: Literal["own", "leave_out"] = "own"
     context_dropout: float = 0.2
     centered_correction: bool = False
+    new_context_flow: Literal["shape", "off"] = "shape"
     decode: Literal["delta", "direct"] = "delta"
     gene_offset: Literal["residual", "baseline"] = "residual"
     cell_response: float = 1.0
