@@ -41,6 +41,7 @@ from perturbflow.train import (
     decoded_shifts,
     fit_flow,
     gene_space_shifts,
+    reflow,
 )
 
 logger = logging.getLogger(__name__)
@@ -256,6 +257,9 @@ class PerturbFlow:
         names = list(ctx_index)
         self.flow_contexts = sorted({names[g.context] for g in fitting})
         self.flow = fit_flow(self.config, len(self.atoms), fitting, val_groups, **fit)
+        if self.config.reflow_steps:  # a second rectification on the flow's own couplings
+            self.flow = reflow(self.flow, self.config, fitting, z_all, stats, self.config.reflow_steps,
+                               accelerator=accelerator, devices=devices, seed=seed, progress_bar=progress_bar)
         elapsed = time.perf_counter() - start
         n_steps = self.config.flow_steps_per_epoch * (flow_max_epochs or max_epochs or self.config.flow_max_epochs)
         logger.info("stage 2 done in %.0f s (%.0f cells/s over %d steps)", elapsed,

@@ -13,6 +13,7 @@ from perturbflow.train._groups import (
     gene_space_shifts,
 )
 from perturbflow.train._plan import FlowTrainingPlan
+from perturbflow.train._reflow import flow_couplings, reflow
 
 __all__ = [
     "CORRECTION_SCALES",
@@ -24,5 +25,7 @@ __all__ = [
     "choose_correction_scale",
     "decoded_shifts",
     "fit_flow",
+    "flow_couplings",
     "gene_space_shifts",
+    "reflow",
 ]
