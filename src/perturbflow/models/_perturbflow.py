@@ -21,6 +21,7 @@ from perturbflow.data import (
     get_counts,
     get_registry,
     log_normalize_rows,
+    log_normalized_mean,
     perturbation_atoms,
     setup_anndata,
     split_labels,
@@ -398,7 +399,7 @@ class PerturbFlow:
                     ctrl_c = np.flatnonzero(contexts == c)
                     described[c] = (
                         context_statistics(torch.from_numpy(z0_all[ctrl_c])),
-                        np.asarray(log_normalize_rows(counts[ctrl_c]).mean(0)).ravel(),
+                        log_normalized_mean(counts[ctrl_c]).astype(np.float32),
                     )
                 stats, ctrl_mean = described[c]
                 if method == "latent_shift":
