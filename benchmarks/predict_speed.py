@@ -87,7 +87,7 @@ class Timers:
                 return original(*args, **kwargs)
             finally:
                 self.seconds[label] += time.perf_counter() - start
-                self.seconds[label.replace("_s", "_cpu_s")] += time.process_time() - cpu
+                self.seconds[label[:-2] + "_cpu_s"] += time.process_time() - cpu
 
         setattr(owner, name, timed)
         self._undo.append((owner, name, original))
@@ -165,6 +165,7 @@ def main() -> None:
         rows.append({"cells": controls.n_obs, "genes": controls.n_vars, "backbone": args.backbone,
                      "solver": solver, "n_steps": int(n_steps), "threads": args.threads, **res})
         print({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
+        save_results(pd.DataFrame(rows), args.out)  # after every setting, so a cut-short run keeps its rows
     table = pd.DataFrame(rows)
     if not args.no_scvi:
         table["scvi_cells_per_s"] = scvi_reference(model, controls, args.repeats)
