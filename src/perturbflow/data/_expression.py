@@ -63,6 +63,21 @@ def log_normalize_rows(
     return np.log1p(out).astype(np.float32)
 
 
+def log_normalized_mean(X: np.ndarray | sp.spmatrix, target_sum: float = TARGET_SUM) -> np.ndarray:
+    """Mean row of :func:`log_normalize_rows` ``(X)``, float64 ``(n_vars,)``, computed on the
+    stored entries of a sparse ``X`` without building the normalised matrix."""
+    if not sp.issparse(X):
+        return np.asarray(log_normalize_rows(X, target_sum), dtype=np.float64).mean(0)
+    X = sp.csr_matrix(X)
+    totals = row_totals(X)
+    if np.any(totals < 0) or not np.all(np.isfinite(totals)):
+        raise PerturbFlowError("expression contains negative or non-finite row totals")
+    scale = target_sum / np.where(totals > 0, totals, 1.0)
+    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+    values = np.log1p(X.data * scale[rows])
+    return np.bincount(X.indices, weights=values, minlength=X.shape[1]) / max(X.shape[0], 1)
+
+
 def log_normalize(
     adata_or_matrix: AnnData | np.ndarray | sp.spmatrix,
     layer: str | None = None,

@@ -3,6 +3,7 @@
 from perturbflow.flow._loss import rectified_flow_loss
 from perturbflow.flow._path import interpolate, sample_time, target_velocity
 from perturbflow.flow._solvers import adaptive, euler, integrate, midpoint
+from perturbflow.flow._straightness import Straightness, path_straightness, straightness
 
 __all__ = [
     "adaptive",
@@ -10,8 +11,11 @@ __all__ = [
     "integrate",
     "interpolate",
     "midpoint",
+    "path_straightness",
     "rectified_flow_loss",
     "sample_time",
+    "straightness",
+    "Straightness",
     "target_velocity",
 ]
 from perturbflow.flow._module import LatentFlowModule

@@ -83,6 +83,10 @@ class PerturbFlowConfig:
         the mean decoded change of its predicted group (1: every cell moves by what the
         decoder gives for its own state; 0: every cell of a group moves by the group's mean
         decoded change).
+    reflow_steps
+        Fine-tuning steps of one reflow after the flow is fitted (0: none): the flow is
+        trained again on the pairs ``(x_0, flow(x_0))`` it makes itself, which straightens
+        its paths (Liu et al. 2022; see ``perturbflow.train.reflow``).
     n_steps, solver
         Default ODE integration steps and solver at prediction.
     backbone_kwargs
@@ -114,6 +118,7 @@ class PerturbFlowConfig:
     decode: Literal["delta", "direct"] = "delta"
     gene_offset: Literal["residual", "baseline"] = "residual"
     cell_response: float = 1.0
+    reflow_steps: int = 0
     n_steps: int = 20
     solver: Literal["euler", "midpoint", "adaptive"] = "midpoint"
     backbone_kwargs: dict = field(default_factory=dict)

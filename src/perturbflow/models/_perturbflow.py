@@ -22,6 +22,7 @@ from perturbflow.data import (
     get_counts,
     get_registry,
     log_normalize_rows,
+    log_normalized_mean,
     perturbation_atoms,
     setup_anndata,
     split_labels,
@@ -47,6 +48,7 @@ from perturbflow.train import (
     fit_vae,
     gene_space_shifts,
     open_run,
+    reflow,
 )
 
 logger = logging.getLogger(__name__)
@@ -295,6 +297,9 @@ class PerturbFlow:
         names = list(ctx_index)
         self.flow_contexts = sorted({names[g.context] for g in fitting})
         self.flow = fit_flow(self.config, len(self.atoms), fitting, val_groups, **fit)
+        if self.config.reflow_steps:  # a second rectification on the flow's own couplings
+            self.flow = reflow(self.flow, self.config, fitting, z_all, stats, self.config.reflow_steps,
+                               accelerator=accelerator, devices=devices, seed=seed, progress_bar=progress_bar)
         elapsed = time.perf_counter() - start
         n_steps = self.config.flow_steps_per_epoch * (flow_max_epochs or max_epochs or self.config.flow_max_epochs)
         logger.info("stage 2 done in %.0f s (%.0f cells/s over %d steps)", elapsed,
@@ -455,7 +460,7 @@ class PerturbFlow:
                     ctrl_c = np.flatnonzero(contexts == c)
                     described[c] = (
                         context_statistics(torch.from_numpy(z0_all[ctrl_c])),
-                        np.asarray(log_normalize_rows(counts[ctrl_c]).mean(0)).ravel(),
+                        log_normalized_mean(counts[ctrl_c]).astype(np.float32),
                     )
                 stats, ctrl_mean = described[c]
                 if method == "latent_shift":

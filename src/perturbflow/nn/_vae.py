@@ -83,6 +83,33 @@ def scvi_class(decoder: str):
     return classes[decoder]
 
 
+def _log_space_round_torch(
+    expected: torch.Tensor, target: torch.Tensor, scale: torch.Tensor, u: torch.Tensor
+) -> torch.Tensor:
+    """:func:`log_space_round` in torch (float32, cumulative sums in float64), given the
+    uniform offsets ``u`` ``(G,)``; returns integer-valued float32 ``(n, G)``."""
+    lo = torch.floor(expected)  # (n, G)
+    log_lo = torch.log1p(lo * scale)
+    log_span = torch.log1p((lo + 1).mul_(scale)).sub_(log_lo)
+    p_up = (target - log_lo).div_(log_span).clamp_(0.0, 1.0)  # (n, G)
+    # floor(F_i + u) - floor(F_{i-1} + u), F the cumulative sum down each gene's column: the
+    # draw of systematic_round_up; summed along rows of the transpose, where torch is fast
+    p_t = p_up.t().contiguous()  # (G, n)
+    marks = torch.cumsum(p_t, 1, dtype=torch.float64).add_(u.unsqueeze(1)).floor_()  # (G, n)
+    up = torch.diff(marks, dim=1, prepend=torch.floor(u).unsqueeze(1)) > 0  # (G, n)
+    return lo.add_(up.t())
+
+
+def _csr(block: torch.Tensor) -> sp.csr_matrix:
+    """A dense, integer-valued ``(n, G)`` tensor as an int32 CSR matrix."""
+    values = block.numpy()
+    n, G = values.shape
+    nonzero = np.flatnonzero(values)  # row-major, so already in CSR order
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(nonzero // G, minlength=n), out=indptr[1:])
+    return sp.csr_matrix((values.ravel()[nonzero].astype(np.int32), (nonzero % G).astype(np.int32), indptr), shape=(n, G))
+
+
 class CountVAE:
     """Thin wrapper over :class:`scvi.model.SCVI` with chunked encode and decode.
 
@@ -171,13 +198,20 @@ class CountVAE:
     def latent(self, counts, rows: np.ndarray) -> np.ndarray:
         """Posterior means ``E[z | x]`` of ``counts[rows]``, ``(len(rows), n_latent)``."""
         self.module.eval()
-        out = []
+        out = np.empty((len(rows), self.module.n_latent), dtype=np.float32)
         for start in range(0, len(rows), CHUNK):
             x = _dense_rows(counts, rows[start : start + CHUNK]).to(self.device)  # (n, G)
-            batch = torch.zeros(x.shape[0], 1, dtype=torch.long, device=x.device)
-            inference = self.module.inference(x, batch_index=batch)
-            out.append(inference["qz"].loc.cpu().numpy())
-        return np.concatenate(out).astype(np.float32)
+            out[start : start + len(x)] = self.encode_mean(x).cpu().numpy()
+        return out
+
+    @torch.no_grad()
+    def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of ``q(z | x)`` for counts ``(n, G)``: scvi-tools' encoder network without
+        building the distribution or drawing from it (``inference(x)["qz"].loc``)."""
+        module, encoder = self.module, self.module.z_encoder
+        x_ = torch.log1p(x) if module.log_variational else x
+        batch = torch.zeros(x.shape[0], 1, dtype=torch.long, device=x.device)
+        return encoder.mean_encoder(encoder.encoder(x_, batch))  # (n, D)
 
     @torch.no_grad()
     def distribution(self, z: torch.Tensor, library: torch.Tensor):
@@ -209,20 +243,33 @@ class CountVAE:
         return sp.vstack(samples).tocsr(), np.concatenate(means)
 
     @torch.no_grad()
-    def log_change(self, z_0: np.ndarray, z_1: np.ndarray, library: np.ndarray) -> np.ndarray:
+    def log_expression(self, z: torch.Tensor) -> torch.Tensor:
+        """``log1p(1e4 rho(z))`` for latents ``(n, D)``, ``rho`` the decoder's normalised expression.
+
+        The decoder's mean is ``l rho(z)``, so ``log1p(1e4 mu / l)`` at any library ``l`` is this.
+        """
+        decoder = self.module.decoder  # its px_scale is the distribution's scale; only it is needed
+        batch = torch.zeros(z.shape[0], 1, dtype=torch.long, device=z.device)
+        if hasattr(decoder, "px_scale_decoder"):  # SCVI's MLP decoder
+            rho = decoder.px_scale_decoder(decoder.px_decoder(z, batch))  # (n, G)
+        else:  # LinearSCVI's decoder: through scvi-tools' generative step, at library 1
+            rho = self.distribution(z, torch.ones(z.shape[0], device=z.device)).scale  # (n, G)
+        return torch.log1p(rho.mul_(TARGET_SUM))
+
+    @torch.no_grad()
+    def log_change(self, z_0: np.ndarray, z_1: np.ndarray, library: np.ndarray | None = None) -> np.ndarray:
         """Per cell, ``log1p(1e4 mu(z_1) / l) - log1p(1e4 mu(z_0) / l)`` at library ``l``, ``(n, G)``.
 
         The change of log-normalised expression the decoder gives for moving each cell from
-        ``z_0`` to ``z_1``; it depends on the cell's state, not only on the move.
+        ``z_0`` to ``z_1``; it depends on the cell's state, not only on the move. The decoder's
+        mean is proportional to ``l``, so ``library`` cancels (it is accepted for callers that
+        pass it).
         """
         out, device = [], self.device
         for start in range(0, len(z_0), CHUNK):
             sl = slice(start, start + CHUNK)
-            lib = torch.as_tensor(library[sl], dtype=torch.float32, device=device).clamp(min=1)  # (n,)
-            scale = (TARGET_SUM / lib).unsqueeze(-1)  # (n, 1)
-            mu_0 = self.distribution(torch.as_tensor(z_0[sl], dtype=torch.float32, device=device), lib).mean
-            mu_1 = self.distribution(torch.as_tensor(z_1[sl], dtype=torch.float32, device=device), lib).mean
-            out.append((torch.log1p(mu_1 * scale) - torch.log1p(mu_0 * scale)).cpu().numpy())  # (n, G)
+            z_0c, z_1c = (torch.as_tensor(z[sl], dtype=torch.float32, device=device) for z in (z_0, z_1))
+            out.append((self.log_expression(z_1c) - self.log_expression(z_0c)).cpu().numpy())  # (n, G)
         return np.concatenate(out)
 
     @torch.no_grad()
@@ -246,29 +293,34 @@ class CountVAE:
         reconstruction error cancels in the
         difference, and each predicted cell keeps the identity and noise of its source cell.
         Expected counts are rounded stochastically to integers, unbiased on the
-        log-normalised scale (see :func:`log_space_round`).
+        log-normalised scale (see :func:`log_space_round`; computed here in torch, chunk by
+        chunk, with the same draws).
 
         Returns
         -------
         Integer counts (CSR, int32) and expected counts (dense float32).
         """
-        rng = np.random.default_rng(seed)
-        samples, means = [], []
+        rng, device = np.random.default_rng(seed), self.device
+        shifts = None if gene_shift is None else torch.as_tensor(gene_shift, dtype=torch.float32, device=device)  # (K, G)
+        samples = []
+        means = np.empty((len(rows), self.module.n_input), dtype=np.float32)
         for start in range(0, len(rows), CHUNK):
             sl = slice(start, start + CHUNK)
-            x = _dense_rows(counts, rows[sl])  # (n, G)
-            lib = x.sum(-1).clamp(min=1)  # (n,)
-            scale = (TARGET_SUM / lib).unsqueeze(-1)  # (n, 1)
-            change = change_scale * torch.from_numpy(self.log_change(z_0[sl], z_1[sl], lib.numpy()))  # (n, G)
-            if gene_shift is not None:
-                change += torch.as_tensor(gene_shift[shift_of_rows[sl]], dtype=torch.float32)
-            moved = (torch.log1p(x * scale) + change).clamp(min=0).numpy()  # (n, G) log1p-normalised
-            s_ = scale.numpy()
-            expected = (np.expm1(moved) / s_).astype(np.float32)
-            sampled = log_space_round(expected, moved, s_, rng)
-            means.append(expected)
-            samples.append(sp.csr_matrix(sampled.astype(np.int32)))
-        return sp.vstack(samples).tocsr(), np.concatenate(means)
+            x = _dense_rows(counts, rows[sl]).to(device)  # (n, G)
+            scale = TARGET_SUM / x.sum(-1, keepdim=True).clamp(min=1)  # (n, 1)
+            z_0c, z_1c = (torch.as_tensor(z[sl], dtype=torch.float32, device=device) for z in (z_0, z_1))
+            change = self.log_expression(z_1c).sub_(self.log_expression(z_0c))  # (n, G)
+            if change_scale != 1.0:
+                change.mul_(change_scale)
+            if shifts is not None:
+                change.add_(shifts[torch.as_tensor(shift_of_rows[sl], device=device)])
+            moved = torch.log1p(x.mul_(scale)).add_(change).clamp_(min=0)  # (n, G) log1p-normalised
+            expected = torch.expm1(moved).div_(scale)  # (n, G)
+            u = torch.from_numpy(rng.random(moved.shape[1])).to(device)  # (G,) as log_space_round draws them
+            sampled = _log_space_round_torch(expected, moved, scale, u)
+            means[sl] = expected.cpu().numpy()
+            samples.append(_csr(sampled.cpu()))
+        return sp.vstack(samples, format="csr"), means
 
     @torch.no_grad()
     def dispersion(self) -> np.ndarray:

@@ -24,6 +24,7 @@ from perturbflow.train._groups import (
     gene_space_shifts,
 )
 from perturbflow.train._plan import FlowTrainingPlan
+from perturbflow.train._reflow import flow_couplings, reflow
 
 __all__ = [
     "CORRECTION_SCALES",
@@ -39,10 +40,12 @@ __all__ = [
     "digest",
     "fit_flow",
     "fit_vae",
+    "flow_couplings",
     "gene_space_shifts",
     "is_main_process",
     "is_unfinished_run",
     "open_run",
+    "reflow",
     "run_stage",
     "stage_trainer_kwargs",
 ]
