@@ -11,7 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from perturbflow.data import TARGET_SUM
+from perturbflow.data import TARGET_SUM, is_on_disk, read_rows
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ VALIDATION_FRACTION = 0.1  # of the training cells, as scvi-tools' default train
 
 
 def _dense_rows(counts, rows: np.ndarray) -> torch.Tensor:
-    block = counts[rows]
+    block = read_rows(counts, rows)
     block = block.toarray() if sp.issparse(block) else np.asarray(block)
     return torch.as_tensor(block, dtype=torch.float32)  # (n, G)
 
@@ -104,6 +104,9 @@ class CountVAE:
     ) -> CountVAE:
         """Fit SCVI on ``counts[rows]`` with observed library sizes.
 
+        ``counts`` may be on disk (anndata's backed sparse dataset): scvi-tools then reads
+        each minibatch's rows from it, and the matrix is never loaded whole.
+
         A tenth of the cells (drawn with ``seed``) is SCVI's validation set. The split is made
         here and passed to scvi-tools, whose own split is drawn from ``scvi.settings.seed``
         (unset by default, so two fits would otherwise differ).
@@ -112,7 +115,16 @@ class CountVAE:
 
         if max_epochs is None:
             max_epochs = default_vae_epochs(len(rows), batch_size, config.vae_max_steps)
-        adata = _anndata(counts[rows], genes)
+        order = np.random.default_rng(seed).permutation(len(rows))
+        n_val = int(len(rows) * VALIDATION_FRACTION)
+        train_val = [np.sort(order[n_val:]), np.sort(order[:n_val])]
+        if is_on_disk(counts):
+            # scvi-tools draws its minibatches from the on-disk matrix itself (anndata's
+            # backed sparse dataset); the cells not fitted are its (unused) test set
+            adata = ad.AnnData(X=counts, var=pd.DataFrame(index=genes))
+            train_val = [rows[i] for i in train_val] + [np.setdiff1d(np.arange(counts.shape[0]), rows)]
+        else:
+            adata = _anndata(counts[rows], genes)
         scvi.model.SCVI.setup_anndata(adata)
         model = scvi.model.SCVI(
             adata,
@@ -123,8 +135,6 @@ class CountVAE:
             gene_likelihood=config.gene_likelihood,
             dispersion="gene",
         )
-        order = np.random.default_rng(seed).permutation(len(rows))
-        n_val = int(len(rows) * VALIDATION_FRACTION)
         model.train(
             max_epochs=max_epochs,
             accelerator=accelerator,
@@ -133,7 +143,7 @@ class CountVAE:
             enable_progress_bar=progress_bar,
             logger=False,
             enable_checkpointing=False,
-            datasplitter_kwargs={"external_indexing": [np.sort(order[n_val:]), np.sort(order[:n_val])]},
+            datasplitter_kwargs={"external_indexing": train_val},
         )
         model.module.cpu().eval()
         vae = cls(model)

@@ -9,6 +9,7 @@ from perturbflow.train._fit_flow import build_flow, fit_flow
 from perturbflow.train._groups import (
     build_groups,
     cells_by_group,
+    count_statistics,
     decoded_shifts,
     gene_space_shifts,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "calibration_split",
     "cells_by_group",
     "choose_correction_scale",
+    "count_statistics",
     "decoded_shifts",
     "fit_flow",
     "gene_space_shifts",
