@@ -20,6 +20,7 @@ import csv
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,14 +83,15 @@ def write_synthetic(path: Path, n_cells: int, n_genes: int = N_GENES, seed: int 
     os.replace(tmp, path)
 
 
-def peak_and_wall(time_log: str) -> tuple[float, float]:
-    """Peak RSS (MiB) and wall seconds from the report of ``/usr/bin/time -v``."""
+def peak_and_wall(time_log: str) -> tuple[float, float, float]:
+    """Peak RSS (MiB), wall seconds and CPU seconds (user + system) from ``/usr/bin/time -v``."""
     rss = float(re.search(r"Maximum resident set size \(kbytes\): (\d+)", time_log).group(1)) / 1024
+    cpu = sum(float(re.search(rf"{kind} time \(seconds\): ([\d.]+)", time_log).group(1)) for kind in ("User", "System"))
     clock = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", time_log).group(1)
     wall = 0.0
     for part in clock.split(":"):
         wall = wall * 60 + float(part)
-    return rss, wall
+    return rss, wall, cpu
 
 
 def run_train(data: Path, in_memory: bool, max_epochs: int) -> dict:
@@ -105,8 +107,9 @@ def run_train(data: Path, in_memory: bool, max_epochs: int) -> dict:
     proc = subprocess.run(["/usr/bin/time", "-v", str(exe), *cmd[1:]], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"training failed:\n{proc.stderr[-3000:]}")
-    rss, wall = peak_and_wall(proc.stderr)
-    return {"peak_rss_mib": round(rss), "wall_s": round(wall, 1), "command": shlex.join(cmd)}
+    shutil.rmtree(out, ignore_errors=True)
+    rss, wall, cpu = peak_and_wall(proc.stderr)
+    return {"peak_rss_mib": round(rss), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "command": shlex.join(cmd)}
 
 
 def main() -> None:
