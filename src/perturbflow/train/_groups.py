@@ -60,7 +60,9 @@ def count_statistics(
     def blocks():
         for rows, block in row_blocks(counts):
             library[rows] = np.asarray(block.sum(axis=1), dtype=np.float32).ravel()
-            yield rows, log_normalize_rows(block)
+            logx = log_normalize_rows(block)
+            del block  # one block of counts alive at a time, not two
+            yield rows, logx
 
     return (*_shifts_over_blocks(blocks(), counts.shape[0], cells, control_mask, contexts), library)
 
