@@ -109,7 +109,9 @@ def run_train(data: Path, in_memory: bool, max_epochs: int) -> dict:
         raise SystemExit(f"training failed:\n{proc.stderr[-3000:]}")
     shutil.rmtree(out, ignore_errors=True)
     rss, wall, cpu = peak_and_wall(proc.stderr)
-    return {"peak_rss_mib": round(rss), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "command": shlex.join(cmd)}
+    # the command as run, with this machine's folders named generically
+    shown = shlex.join(cmd).replace(str(data.parent), "DATA_DIR").replace(str(out / "model"), "MODEL_DIR")
+    return {"peak_rss_mib": round(rss), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "command": shown}
 
 
 def main() -> None:

@@ -100,7 +100,10 @@ class GroupMeans:
         )
         part = indicator @ block  # (n_groups, G)
         part = (part.toarray() if sp.issparse(part) else np.asarray(part)).astype(np.float64)
-        self.total = part if self.total is None else self.total + part
+        if self.total is None:
+            self.total = part
+        else:
+            self.total += part
 
     def result(self) -> np.ndarray:
         """Float64 ``(n_groups, n_vars)``; a group with no rows is all NaN."""

@@ -154,13 +154,15 @@ class CountVAE:
     def latent(self, counts, rows: np.ndarray) -> np.ndarray:
         """Posterior means ``E[z | x]`` of ``counts[rows]``, ``(len(rows), n_latent)``."""
         self.module.eval()
-        out = []
+        # filled in place: small arrays kept between the chunks' large transient ones would
+        # pin the allocator's heap, which then grows with the number of cells
+        out = np.empty((len(rows), self.module.n_latent), dtype=np.float32)
         for start in range(0, len(rows), CHUNK):
             x = _dense_rows(counts, rows[start : start + CHUNK])  # (n, G)
             batch = torch.zeros(x.shape[0], 1, dtype=torch.long)
             inference = self.module.inference(x, batch_index=batch)
-            out.append(inference["qz"].loc.numpy())
-        return np.concatenate(out).astype(np.float32)
+            out[start : start + CHUNK] = inference["qz"].loc.numpy()
+        return out
 
     @torch.no_grad()
     def distribution(self, z: torch.Tensor, library: torch.Tensor):
