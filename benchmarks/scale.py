@@ -110,7 +110,7 @@ def run_train(data: Path, in_memory: bool, max_epochs: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     rss, wall, cpu = peak_and_wall(proc.stderr)
     # the command as run, with this machine's folders named generically
-    shown = shlex.join(cmd).replace(str(data.parent), "DATA_DIR").replace(str(out / "model"), "MODEL_DIR")
+    shown = shlex.join(cmd).replace(str(out / "model"), "MODEL_DIR").replace(str(data.parent), "DATA_DIR")
     return {"peak_rss_mib": round(rss), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "command": shown}
 
 
