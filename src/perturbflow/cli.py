@@ -101,7 +101,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     from perturbflow.train import is_main_process
 
     checkpoints = training_checkpoints(args)
-    adata = read_h5ad(args.data)
+    if args.in_memory:
+        adata = read_h5ad(args.data)
+    else:  # the counts stay on disk; minibatches and statistics read them by rows
+        from perturbflow.data import open_on_disk
+
+        adata = open_on_disk(args.data, layer=args.layer)
     pf.PerturbFlow.setup_anndata(
         adata,
         perturbation_key=args.perturbation_key,
@@ -229,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model on an AnnData of counts")
-    p.add_argument("data", help="AnnData (.h5ad) of raw counts")
+    p.add_argument("data", help="AnnData (.h5ad file or .zarr store) of raw counts, read from disk by rows")
     p.add_argument("--perturbation-key", required=True, help="obs column with perturbation labels")
     p.add_argument("--control", required=True, help="label of control cells")
     p.add_argument("--out", required=True, help="model folder to write")
@@ -255,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"training steps between checkpoints (default: {DEFAULT_EVERY_N_STEPS})",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--in-memory", action="store_true", help="load the whole file into memory first (small .h5ad data)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="predict perturbed cells from control cells")

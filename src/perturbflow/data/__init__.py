@@ -11,6 +11,7 @@ from perturbflow.data._setup import (
     setup_anndata,
     split_labels,
 )
+from perturbflow.data._streaming import GroupMeans, is_on_disk, open_on_disk, read_rows, row_blocks
 from perturbflow.data._synthetic import synthetic
 from perturbflow.data._validate import check_counts, get_counts
 
@@ -18,6 +19,7 @@ __all__ = [
     "TARGET_SUM",
     "DataRegistry",
     "Group",
+    "GroupMeans",
     "PairedSetDataset",
     "canonical_label",
     "check_counts",
@@ -25,12 +27,16 @@ __all__ = [
     "get_counts",
     "get_registry",
     "group_means",
+    "is_on_disk",
     "log_normalize",
     "log_normalize_rows",
     "log_normalized_mean",
+    "open_on_disk",
     "ot_pairing",
     "parse_perturbation",
     "perturbation_atoms",
+    "read_rows",
+    "row_blocks",
     "setup_anndata",
     "split_labels",
     "synthetic",

@@ -42,11 +42,11 @@ from perturbflow.train import (
     calibration_split,
     cells_by_group,
     choose_correction_scale,
+    count_statistics,
     decoded_shifts,
     digest,
     fit_flow,
     fit_vae,
-    gene_space_shifts,
     open_run,
     reflow,
 )
@@ -258,8 +258,10 @@ class PerturbFlow:
         )
         if not train_cells:
             raise PerturbFlowError("no perturbed training cells with control cells in the same context")
-        logx = log_normalize_rows(get_counts(adata, reg.layer))
-        gene_shifts, control_means, noise = gene_space_shifts(logx, train_cells, fit_mask & is_control, contexts)
+        # with the library sizes, in one pass over blocks of rows (the counts may be on disk)
+        gene_shifts, control_means, noise, library = count_statistics(
+            get_counts(adata, reg.layer), train_cells, fit_mask & is_control, contexts
+        )
         sizes = {k: len(v) for k, v in train_cells.items()}
         transfer, self.transfer_scores = ContextTransfer.select(gene_shifts, sizes, control_means, noise)
         self.gene_prior = BaselinePrior(gene_shifts, sizes, transfer)
@@ -268,7 +270,6 @@ class PerturbFlow:
         self.prior = BaselinePrior(latent_shifts, sizes, transfer)
         # what of each measured change the latent does not carry, moved between groups like
         # the shifts themselves and added back in gene space at prediction
-        library = np.asarray(get_counts(adata, reg.layer).sum(axis=1), dtype=np.float32).ravel()
         decoded = decoded_shifts(self.vae, z_all, library, latent_shifts, control_rows, seed)
         self.residual_prior = BaselinePrior({k: gene_shifts[k] - decoded[k] for k in gene_shifts}, sizes, transfer)
         # every group with the baseline computed without it, as a held-out group would see it

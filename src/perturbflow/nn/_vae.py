@@ -12,7 +12,7 @@ import scipy.sparse as sp
 import torch
 
 from perturbflow._distributed import allowing_unused_parameters
-from perturbflow.data import TARGET_SUM
+from perturbflow.data import TARGET_SUM, is_on_disk, read_rows
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ VALIDATION_FRACTION = 0.1  # of the training cells, as scvi-tools' default train
 
 
 def _dense_rows(counts, rows: np.ndarray) -> torch.Tensor:
-    block = counts[rows]
+    block = read_rows(counts, rows)
     block = block.toarray() if sp.issparse(block) else np.asarray(block)
     return torch.as_tensor(block, dtype=torch.float32)  # (n, G)
 
@@ -152,6 +152,9 @@ class CountVAE:
     ) -> CountVAE:
         """Fit SCVI on ``counts[rows]`` with observed library sizes.
 
+        ``counts`` may be on disk (anndata's backed sparse dataset): scvi-tools then reads
+        each minibatch's rows from it, and the matrix is never loaded whole.
+
         A tenth of the cells (drawn with ``seed``) is SCVI's validation set. The split is made
         here and passed to scvi-tools, whose own split is drawn from ``scvi.settings.seed``
         (unset by default, so two fits would otherwise differ). ``trainer_kwargs`` go to
@@ -162,7 +165,16 @@ class CountVAE:
         """
         if max_epochs is None:
             max_epochs = default_vae_epochs(len(rows), batch_size, config.vae_max_steps)
-        adata = _anndata(counts[rows], genes)
+        order = np.random.default_rng(seed).permutation(len(rows))
+        n_val = int(len(rows) * VALIDATION_FRACTION)
+        train_val = [np.sort(order[n_val:]), np.sort(order[:n_val])]
+        if is_on_disk(counts):
+            # scvi-tools draws its minibatches from the on-disk matrix itself (anndata's
+            # backed sparse dataset); the cells not fitted are its (unused) test set
+            adata = ad.AnnData(X=counts, var=pd.DataFrame(index=genes))
+            train_val = [rows[i] for i in train_val] + [np.setdiff1d(np.arange(counts.shape[0]), rows)]
+        else:
+            adata = _anndata(counts[rows], genes)
         model_class = scvi_class(config.vae_decoder)
         model_class.setup_anndata(adata)
         model = model_class(
@@ -174,8 +186,6 @@ class CountVAE:
             gene_likelihood=config.gene_likelihood,
             dispersion="gene",
         )
-        order = np.random.default_rng(seed).permutation(len(rows))
-        n_val = int(len(rows) * VALIDATION_FRACTION)
         kwargs = {
             "max_epochs": max_epochs,
             "accelerator": accelerator,
@@ -186,7 +196,7 @@ class CountVAE:
             "enable_checkpointing": False,
             "strategy": allowing_unused_parameters(strategy),
             **({} if precision is None else {"precision": precision}),
-            "datasplitter_kwargs": {"external_indexing": [np.sort(order[n_val:]), np.sort(order[:n_val])]},
+            "datasplitter_kwargs": {"external_indexing": train_val},
         }
         model.train(**{**kwargs, **(trainer_kwargs or {})})
         model.module.cpu().eval()
@@ -198,6 +208,8 @@ class CountVAE:
     def latent(self, counts, rows: np.ndarray) -> np.ndarray:
         """Posterior means ``E[z | x]`` of ``counts[rows]``, ``(len(rows), n_latent)``."""
         self.module.eval()
+        # filled in place: small arrays kept between the chunks' large transient ones would
+        # pin the allocator's heap, which then grows with the number of cells
         out = np.empty((len(rows), self.module.n_latent), dtype=np.float32)
         for start in range(0, len(rows), CHUNK):
             x = _dense_rows(counts, rows[start : start + CHUNK]).to(self.device)  # (n, G)

@@ -20,6 +20,7 @@ from perturbflow.train._fit_vae import fit_vae
 from perturbflow.train._groups import (
     build_groups,
     cells_by_group,
+    count_statistics,
     decoded_shifts,
     gene_space_shifts,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "calibration_split",
     "cells_by_group",
     "choose_correction_scale",
+    "count_statistics",
     "decoded_shifts",
     "digest",
     "fit_flow",

@@ -9,7 +9,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from perturbflow.data import Group
-from perturbflow.data._expression import group_means
+from perturbflow.data._expression import log_normalize_rows
+from perturbflow.data._streaming import GroupMeans, row_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -41,15 +42,44 @@ def gene_space_shifts(
     """Each group's mean log-normalised shift from its context's control cells, the mean
     log-normalised expression of each context's control cells, and the sampling variance of
     each shift averaged over genes (``var(group) / n + var(controls) / n_controls``)."""
+    return _shifts_over_blocks(row_blocks(logx), logx.shape[0], cells, control_mask, contexts)
+
+
+def count_statistics(
+    counts, cells: dict[GroupKey, np.ndarray], control_mask: np.ndarray, contexts: np.ndarray
+) -> tuple[dict[GroupKey, np.ndarray], dict[str, np.ndarray], dict[GroupKey, float], np.ndarray]:
+    """:func:`gene_space_shifts` of the log-normalised ``counts``, and every cell's library
+    size ``(n_obs,)`` float32, in one pass over blocks of rows.
+
+    Counts on disk are read and log-normalised a block at a time, so neither the matrix nor
+    its log-normalised copy is ever held whole; counts in memory are one block, which gives
+    exactly the whole-matrix results.
+    """
+    library = np.zeros(counts.shape[0], dtype=np.float32)
+
+    def blocks():
+        for rows, block in row_blocks(counts):
+            library[rows] = np.asarray(block.sum(axis=1), dtype=np.float32).ravel()
+            logx = log_normalize_rows(block)
+            del block  # one block of counts alive at a time, not two
+            yield rows, logx
+
+    return (*_shifts_over_blocks(blocks(), counts.shape[0], cells, control_mask, contexts), library)
+
+
+def _shifts_over_blocks(blocks, n_obs: int, cells, control_mask, contexts):
     keys = list(cells)
-    codes = np.full(logx.shape[0], -1)
+    codes = np.full(n_obs, -1)
     for i, k in enumerate(keys):
         codes[cells[k]] = i
     ctx_names = sorted(set(contexts[control_mask]))
     ctrl_codes = np.where(control_mask, np.searchsorted(ctx_names, contexts), -1)
-    squares = logx.multiply(logx) if sp.issparse(logx) else np.square(logx)
-    means, sq = group_means(logx, codes, len(keys)), group_means(squares, codes, len(keys))
-    ctrl, ctrl_sq = group_means(logx, ctrl_codes, len(ctx_names)), group_means(squares, ctrl_codes, len(ctx_names))
+    moments = [GroupMeans(c, n) for c, n in ((codes, len(keys)), (ctrl_codes, len(ctx_names))) for _ in range(2)]
+    for rows, logx in blocks:
+        squares = logx.multiply(logx) if sp.issparse(logx) else np.square(logx)
+        for acc, block in zip(moments, (logx, squares, logx, squares)):
+            acc.add(block, rows)
+    means, sq, ctrl, ctrl_sq = (acc.result() for acc in moments)
     n = np.bincount(codes[codes >= 0], minlength=len(keys))
     n_ctrl = np.bincount(ctrl_codes[ctrl_codes >= 0], minlength=len(ctx_names))
     ctrl_noise = np.maximum(ctrl_sq - ctrl**2, 0).mean(1) / np.maximum(n_ctrl - 1, 1)  # (C,)
