@@ -21,7 +21,6 @@ from perturbflow.data import (
     context_labels,
     get_counts,
     get_registry,
-    log_normalize_rows,
     log_normalized_mean,
     perturbation_atoms,
     setup_anndata,
