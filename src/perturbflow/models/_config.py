@@ -89,7 +89,9 @@ class PerturbFlowConfig:
         trained again on the pairs ``(x_0, flow(x_0))`` it makes itself, which straightens
         its paths (Liu et al. 2022; see ``perturbflow.train.reflow``).
     n_steps, solver
-        Default ODE integration steps and solver at prediction.
+        Default ODE integration steps and solver at prediction (and in the calibration). The
+        learned flows are nearly straight: 4 midpoint steps (8 network calls) end within
+        0.01% of 20 (benchmarks/RESULTS.md, "Straightness and quality against steps").
     backbone_kwargs
         Hyper-parameters passed to the backbone.
     """
@@ -120,7 +122,7 @@ class PerturbFlowConfig:
     gene_offset: Literal["residual", "baseline"] = "residual"
     cell_response: float = 1.0
     reflow_steps: int = 0
-    n_steps: int = 20
+    n_steps: int = 4
     solver: Literal["euler", "midpoint", "adaptive"] = "midpoint"
     backbone_kwargs: dict = field(default_factory=dict)
 
