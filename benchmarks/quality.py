@@ -14,7 +14,8 @@ Each (fold, seed) trains the default model once and scores, on the same held-out
   ``perturbflow_X``: its sampled integer counts, as a user receives them;
 - ablations of the same trained model: ``prior_only`` (the flow's correction off, the prior's
   latent shift decoded per cell), ``flow_full`` (the whole correction in every context) and
-  ``gene_space_prior`` (the gene-space transfer of the mean change added to every cell, the
+  ``flow_mean`` / ``flow_shape`` (in a context new to the flow, only the mean of its
+  correction, or only its shape: ``new_context_flow``), ``gene_space_prior`` (the gene-space transfer of the mean change added to every cell, the
   decode of sessions 1-4);
   with ``--ablation`` also ``flow_only`` (a model trained without the baseline prior);
 - ``latent_shift``: scGen's latent arithmetic with the model's own VAE (the decoder's means;
@@ -56,11 +57,11 @@ def forced_correction(model, scale: float):
     """The model with its flow's whole correction (mean included) forced to ``scale`` in
     every context."""
     model.correction_scale_in = lambda context: scale  # an instance attribute hides the method
-    model.correction_centered_in = lambda context: False
+    model.correction_part_in = lambda context: "all"
     try:
         yield model
     finally:
-        del model.correction_scale_in, model.correction_centered_in
+        del model.correction_scale_in, model.correction_part_in
 
 
 def score(pred, task, seed: int, name: str, pred_layer="expected") -> pd.DataFrame:
@@ -87,6 +88,10 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
     for name, scale in (("prior_only", 0.0), ("flow_full", 1.0)):
         with forced_correction(model, scale):
             tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, name))
+    for part in ("mean", "shape"):  # in a context new to the flow, one part of its correction
+        model.config.new_context_flow = part
+        tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, f"flow_{part}"))
+    model.config.new_context_flow = config.get("new_context_flow", "off")
     model.config.gene_offset = "baseline"  # sessions 1-4: the gene-space transfer added to every cell
     tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, "gene_space_prior"))
     model.config.gene_offset = config.get("gene_offset", "residual")

@@ -108,20 +108,27 @@ def test_flow_correction_in_seen_and_new_contexts(trained_model, controls):
     # every context new to the flow: "off" is the prior's move alone
     off = predict(1.0, [], new_context_flow="off")
     assert np.allclose(off.layers["expected"], prior_only.layers["expected"])
-    # "shape": the flow moves each cell, but every context's mean latent move is the prior's
-    shape = predict(0.0, [], new_context_flow="shape")
+    # "shape": the flow moves each cell, but every context's mean latent move is the prior's;
+    # "mean": every cell moves by the prior plus the same mean correction; together, "full"
+    shape, mean = predict(0.0, [], new_context_flow="shape"), predict(0.0, [], new_context_flow="mean")
+    full = predict(0.0, [], new_context_flow="full")
     assert not np.allclose(shape.layers["expected"], prior_only.layers["expected"])
+    z_prior = prior_only.obsm["X_perturbflow"]
     for c in pd.unique(controls.obs["cell_type"]):
         cells = (shape.obs["cell_type"] == c).to_numpy()
-        np.testing.assert_allclose(shape.obsm["X_perturbflow"][cells].mean(0),
-                                   prior_only.obsm["X_perturbflow"][cells].mean(0), atol=1e-4)
+        np.testing.assert_allclose(shape.obsm["X_perturbflow"][cells].mean(0), z_prior[cells].mean(0), atol=1e-4)
+        move = mean.obsm["X_perturbflow"][cells] - z_prior[cells]  # (n, D), one row repeated
+        np.testing.assert_allclose(move, np.broadcast_to(move[0], move.shape), atol=1e-5)
+    np.testing.assert_allclose(shape.obsm["X_perturbflow"] + mean.obsm["X_perturbflow"] - z_prior,
+                               full.obsm["X_perturbflow"], atol=1e-4)
     # what was applied is recorded with the prediction, per context
     info = corrected.uns["perturbflow_prediction"]
     assert info["flow_correction"] == {c: 1.0 for c in fitted}
-    assert not any(info["flow_correction_centered"].values())
+    assert set(info["flow_correction_part"].values()) == {"all"}
     assert set(off.uns["perturbflow_prediction"]["flow_correction"].values()) == {0.0}
     assert set(shape.uns["perturbflow_prediction"]["flow_correction"].values()) == {1.0}
-    assert all(shape.uns["perturbflow_prediction"]["flow_correction_centered"].values())
+    assert set(shape.uns["perturbflow_prediction"]["flow_correction_part"].values()) == {"shape"}
+    assert set(mean.uns["perturbflow_prediction"]["flow_correction_part"].values()) == {"mean"}
 
 
 def test_prediction_moves_each_cell_by_its_own_decoded_change(trained_model, controls):

@@ -138,9 +138,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
     write_atomically(args.out, lambda p: pred.write_h5ad(p, compression="gzip"))
     print(f"wrote {pred.n_obs} predicted cells x {pred.n_vars} genes to {args.out}")
     info = pred.uns["perturbflow_prediction"]
-    centered = info.get("flow_correction_centered", {})
+    parts = info.get("flow_correction_part", {})
     print("flow correction applied (share of the flow's move beyond the prior): " + ", ".join(
-        f"{context or 'all cells'} {scale:.2f}" + (" less its mean" if centered.get(context) and scale else "")
+        f"{context or 'all cells'} {scale:.2f}" + (f" ({parts[context]} only)" if scale and parts.get(context, "all") != "all" else "")
         for context, scale in info["flow_correction"].items()))
 
 

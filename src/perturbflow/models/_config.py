@@ -65,10 +65,11 @@ class PerturbFlowConfig:
     new_context_flow
         What of the flow's correction is applied in a context new to the flow (a cell type
         or line without perturbed training cells): ``"off"`` (none: the prediction is the
-        context transfer's) or ``"shape"`` (the correction less its mean over the predicted
-        cells of each perturbation: the transfer sets the mean move, the flow, under its
-        learned null context, how each cell moves around it; it helped the energy on one
-        Kang fold and hurt it on another, see benchmarks/RESULTS.md).
+        context transfer's), ``"mean"`` (every cell moved by the correction's mean over the
+        predicted cells of its perturbation), ``"shape"`` (the correction less that mean:
+        the transfer sets the mean move, the flow, under its learned null context, how each
+        cell moves around it) or ``"full"``. On three Kang folds the mean helped one, the
+        shape another, neither all (benchmarks/RESULTS.md).
     decode
         ``"delta"``: each predicted cell is its real source cell moved by the decoded change
         along its flow path (the decoder's reconstruction error cancels); ``"direct"``: the
@@ -117,7 +118,7 @@ class PerturbFlowConfig:
     flow_prior: Literal["own", "leave_out"] = "own"
     context_dropout: float = 0.2
     centered_correction: bool = False
-    new_context_flow: Literal["off", "shape"] = "off"
+    new_context_flow: Literal["off", "mean", "shape", "full"] = "off"
     decode: Literal["delta", "direct"] = "delta"
     gene_offset: Literal["residual", "baseline"] = "residual"
     cell_response: float = 1.0

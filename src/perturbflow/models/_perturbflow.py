@@ -325,25 +325,28 @@ class PerturbFlow:
 
         The calibrated ``correction_scale`` where the flow was fitted on perturbed cells of
         the context. In a context new to the flow (a new cell type or line) the held-out
-        groups of the calibration say nothing about how the correction's mean carries over:
-        with ``new_context_flow="shape"`` the whole correction is applied less its mean over
-        the predicted cells (see :meth:`correction_centered_in`), with ``"off"`` none (the
-        prediction is the context transfer's). Without a baseline prior
-        (``residual_prior=False``) the flow is the whole prediction and is always applied.
+        groups of the calibration say nothing about how the correction carries over, so
+        ``new_context_flow`` says what is applied there (the part of
+        :meth:`correction_part_in`, whole; ``"off"``: none, the prediction is the context
+        transfer's). Without a baseline prior (``residual_prior=False``) the flow is the
+        whole prediction and is always applied.
         """
         if not self.config.residual_prior or context in self.flow_contexts:
             return self.correction_scale
-        return 1.0 if self.config.new_context_flow == "shape" else 0.0
+        return 0.0 if self.config.new_context_flow == "off" else 1.0
 
-    def correction_centered_in(self, context: str) -> bool:
-        """Whether the flow's correction in ``context`` is applied less its mean over the
-        predicted cells of each perturbation: the prior sets the group's mean move, the flow
-        how each cell moves around it (``centered_correction``, and every context new to the
-        flow with ``new_context_flow="shape"``)."""
+    def correction_part_in(self, context: str) -> str:
+        """Which part of the flow's correction is applied in ``context``: ``"all"``,
+        ``"mean"`` (each cell moved by the mean correction of its predicted perturbation) or
+        ``"shape"`` (the correction less that mean: the prior sets the group's mean move, the
+        flow how each cell moves around it). ``"shape"`` everywhere with
+        ``centered_correction``; in a context new to the flow, as ``new_context_flow`` says."""
         if self.config.centered_correction:
-            return True
+            return "shape"
         new = self.config.residual_prior and context not in self.flow_contexts
-        return new and self.config.new_context_flow == "shape"
+        if new and self.config.new_context_flow in ("mean", "shape"):
+            return self.config.new_context_flow
+        return "all"
 
     # ------------------------------------------------------------------ inputs
     def _check_trained(self) -> None:
@@ -447,7 +450,7 @@ class PerturbFlow:
         z_pred, src_rows, labels, paths = [], [], [], []
         z_ref, gene_shift, shift_of_rows = [], [], []
         applied: dict[str, float] = {}  # the share of the flow's correction kept, per context
-        centred_in: dict[str, bool] = {}  # whether its mean over the predicted cells was removed
+        parts: dict[str, str] = {}  # which part of it: all, its mean, or its shape (less the mean)
         plain = self.plain_prior() if method == "latent_shift" else None
         described: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
         from rich.progress import track
@@ -476,7 +479,7 @@ class PerturbFlow:
                 else:  # the gene-space baseline, and the decoded change from its latent end point
                     gene_shift.append(self.gene_prior.prior(atom_set, c, ctrl_mean))
                     z_ref.append(base)
-                scale, centered = self.correction_scale_in(c), self.correction_centered_in(c)
+                scale, part = self.correction_scale_in(c), self.correction_part_in(c)
                 end, path = base, None  # no flow to run where none of its correction is kept
                 if scale or return_path:
                     end, path = self._transport(
@@ -484,11 +487,13 @@ class PerturbFlow:
                         c not in self.flow_contexts,
                     )
                 correction = end - base  # (n, D) the flow's move beyond the prior
-                if centered:  # the prior sets the mean, the flow the shape
+                if part == "shape":  # the prior sets the mean, the flow the shape
                     correction = correction - correction.mean(0)
+                elif part == "mean":  # the flow corrects the group's mean move only
+                    correction = np.broadcast_to(correction.mean(0), correction.shape)
                 z_pred.append(base + scale * correction)
                 applied[c] = scale
-                centred_in[c] = centered
+                parts[c] = part
                 if self.config.gene_offset == "residual" and self.config.cell_response < 1:
                     # the group's mean decoded change in gene space, each cell's own part scaled
                     mean_change = self.vae.log_change(z0_all[rows_c], z_pred[-1], library[rows_c]).mean(0)
@@ -529,7 +534,7 @@ class PerturbFlow:
             "method": method,
             "backbone": self.config.backbone,
             "flow_correction": applied,
-            "flow_correction_centered": centred_in,
+            "flow_correction_part": parts,
             "gene_offset": self.config.gene_offset if self.config.residual_prior else "none",
             "perturbation_key": reg.perturbation_key,
             "control_value": reg.control_value,
