@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python benchmarks/scale.py --sizes 100000 300000 1000000 --data-dir /tmp/pf_scale
+    python benchmarks/scale.py --sizes 100000 300000 1000000 --data-dir SCRATCH_DIR
     python benchmarks/scale.py --sizes 100000 --in-memory      # the whole-file path, to compare
 
 For each size, synthetic raw counts (2,000 genes, sparse CSR) are written to
