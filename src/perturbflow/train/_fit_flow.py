@@ -36,6 +36,16 @@ class EMAUpdate:
         return self.decay * ema_param + (1 - self.decay) * current_param
 
 
+def ema_callbacks(config) -> list:
+    """Lightning's weight averaging of the flow with ``config.ema_decay`` (none when 0), as a
+    list of trainer callbacks; picklable, so ``ddp_spawn`` can carry it (see :class:`EMAUpdate`)."""
+    if config.ema_decay <= 0:
+        return []
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    return [WeightAveraging(avg_fn=EMAUpdate(config.ema_decay))]
+
+
 def build_flow(config, n_atoms: int) -> LatentFlowModule:
     """An untrained flow module as ``config`` (a ``PerturbFlowConfig``) describes it."""
     return LatentFlowModule(
@@ -101,11 +111,7 @@ def fit_flow(
         )
         datasets["val"] = RecordedDraws(val_set, config.flow_batch_size)
         loaders["val_dataloaders"] = DataLoader(datasets["val"], batch_size=config.flow_batch_size)
-    callbacks = []
-    if config.ema_decay > 0:
-        from lightning.pytorch.callbacks import WeightAveraging
-
-        callbacks.append(WeightAveraging(avg_fn=EMAUpdate(config.ema_decay)))
+    callbacks = ema_callbacks(config)
     stage_kwargs = stage_trainer_kwargs(stage, "stage 2: flow", progress_bar, datasets)
     callbacks += stage_kwargs.pop("callbacks")  # after the EMA: a checkpoint holds each step's average
     ckpt_path = stage_kwargs.pop("ckpt_path", None)

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from perturbflow.data import Group
 from perturbflow.data._pairing import pad_atoms
 from perturbflow.flow import LatentFlowModule
+from perturbflow.train._fit_flow import ema_callbacks
 from perturbflow.train._plan import FlowTrainingPlan
 
 REFLOW_SETS = 4  # sets of control cells per group carried by the trained flow to make the couplings
@@ -111,11 +112,7 @@ def reflow(
     sets = flow_couplings(flow, groups, z_all, stats, config.set_size, config.n_steps, config.solver, seed=seed)
     student = copy.deepcopy(flow).train()
     dataset = CouplingDataset(sets, max_steps * config.flow_batch_size, seed)
-    callbacks = []
-    if config.ema_decay > 0:
-        from lightning.pytorch.callbacks import EMAWeightAveraging
-
-        callbacks.append(EMAWeightAveraging(decay=config.ema_decay))
+    callbacks = ema_callbacks(config)
     trainer = pl.Trainer(
         max_steps=max_steps,
         max_epochs=1,
