@@ -56,8 +56,8 @@ HEADLINE = ["pearson_delta", "pearson_delta_top20", "mse_top20", "energy_distanc
 def forced_correction(model, scale: float):
     """The model with its flow's whole correction (mean included) forced to ``scale`` in
     every context."""
-    model.correction_scale_in = lambda context: scale  # an instance attribute hides the method
-    model.correction_part_in = lambda context: "all"
+    model.correction_scale_in = lambda context, mean=None: scale  # an instance attribute hides the method
+    model.correction_part_in = lambda context, mean=None: "all"
     try:
         yield model
     finally:
@@ -91,7 +91,7 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
     for part in ("mean", "shape"):  # in a context new to the flow, one part of its correction
         model.config.new_context_flow = part
         tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, f"flow_{part}"))
-    model.config.new_context_flow = config.get("new_context_flow", "off")
+    model.config.new_context_flow = config.get("new_context_flow", "auto")
     model.config.gene_offset = "baseline"  # sessions 1-4: the gene-space transfer added to every cell
     tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, "gene_space_prior"))
     model.config.gene_offset = config.get("gene_offset", "residual")
@@ -104,10 +104,12 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
     n_params = sum(p.numel() for p in model.flow.backbone.parameters())
     transfer = model.gene_prior.transfer
     applied = pred.uns["perturbflow_prediction"]["flow_correction"]
+    parts = pred.uns["perturbflow_prediction"]["flow_correction_part"]
     return pd.concat(tables, ignore_index=True), {
         "train_s": train_s, "predict_s": predict_s, "cells_per_s": pred.n_obs / predict_s,
         "backbone_params": n_params, "correction_scale": model.correction_scale,
         "applied_correction_scale": min(applied.get(c, 0.0) for c in held_out_contexts),
+        "new_context_part": ",".join(sorted({parts[c] if applied.get(c) else "off" for c in held_out_contexts})),
         "transfer_bandwidth": transfer.bandwidth, "transfer_specificity": transfer.specificity,
     }
 
@@ -126,7 +128,8 @@ def run_unit(unit: tuple, data_dir: Path, config: dict, ablation: bool, threads:
     show = summary[["model", *[c for c in HEADLINE if c in summary.columns]]]
     print(f"\n== {task.name} / {backbone} / seed {seed}: train {timing['train_s']:.0f} s, "
           f"predict {timing['cells_per_s']:.0f} cells/s, correction applied "
-          f"{timing['applied_correction_scale']} (calibrated {timing['correction_scale']}), "
+          f"{timing['applied_correction_scale']} (calibrated {timing['correction_scale']}; in the new "
+          f"context: {timing['new_context_part']}), "
           f"transfer bandwidth {timing['transfer_bandwidth']}")
     print(show.to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
     return summary

@@ -60,7 +60,7 @@ def synthetic_task(seed: int = 0) -> Task:
 @contextmanager
 def flow_on(model, scale: float = 1.0):
     """The model with ``scale`` of the flow's correction applied in every context."""
-    model.correction_scale_in = lambda context: scale  # an instance attribute hides the method
+    model.correction_scale_in = lambda context, mean=None: scale  # an instance attribute hides the method
     try:
         yield model
     finally:

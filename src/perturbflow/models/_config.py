@@ -68,8 +68,12 @@ class PerturbFlowConfig:
         context transfer's), ``"mean"`` (every cell moved by the correction's mean over the
         predicted cells of its perturbation), ``"shape"`` (the correction less that mean:
         the transfer sets the mean move, the flow, under its learned null context, how each
-        cell moves around it) or ``"full"``. On three Kang folds the mean helped one, the
-        shape another, neither all (benchmarks/RESULTS.md).
+        cell moves around it), ``"full"``, or ``"auto"``: when the training data hold
+        control cells of new contexts and at least 5 measured contexts, the measured context
+        nearest to each new one is held out of the flow's fit, each part is scored there
+        under the null context, and a new context gets the choice of its nearest held-out
+        context (``"off"`` otherwise). On Kang the mean helps the monocyte folds, the shape
+        the B cell fold, neither the others (benchmarks/RESULTS.md).
     decode
         ``"delta"``: each predicted cell is its real source cell moved by the decoded change
         along its flow path (the decoder's reconstruction error cancels); ``"direct"``: the
@@ -118,7 +122,7 @@ class PerturbFlowConfig:
     flow_prior: Literal["own", "leave_out"] = "own"
     context_dropout: float = 0.2
     centered_correction: bool = False
-    new_context_flow: Literal["off", "mean", "shape", "full"] = "off"
+    new_context_flow: Literal["auto", "off", "mean", "shape", "full"] = "auto"
     decode: Literal["delta", "direct"] = "delta"
     gene_offset: Literal["residual", "baseline"] = "residual"
     cell_response: float = 1.0

@@ -110,6 +110,7 @@ def read_model(cls, path: Path):
         model.context_stats = meta["context_stats"]
         model.correction_scale = meta["correction_scale"]
         model.flow_contexts = meta.get("flow_contexts", list(model.context_stats))
+        model.new_context_parts = meta.get("new_context_parts", {})
         model.flow = build_flow(model.config, len(model.atoms))
     with _reading(path, "the VAE could not be read", f"{VAE_DIR}/"):
         model.vae = CountVAE.load(path / VAE_DIR, model.genes, model.config.vae_decoder)
@@ -143,6 +144,7 @@ def _metadata(model) -> dict:
         "context_stats": model.context_stats,
         "correction_scale": model.correction_scale,
         "flow_contexts": model.flow_contexts,
+        "new_context_parts": model.new_context_parts,
     }
 
 

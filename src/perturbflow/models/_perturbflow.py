@@ -37,15 +37,19 @@ from perturbflow.models._transfer import ContextTransfer
 from perturbflow.nn import CountVAE, context_statistics
 from perturbflow.train import (
     DEFAULT_EVERY_N_STEPS,
+    apply_part,
     build_groups,
     calibration_split,
     cells_by_group,
     choose_correction_scale,
+    choose_new_context_parts,
+    contexts_to_hold_out,
     count_statistics,
     decoded_shifts,
     digest,
     fit_flow,
     fit_vae,
+    nearest_context,
     open_run,
     reflow,
 )
@@ -107,6 +111,7 @@ class PerturbFlow:
         self.contexts = sorted(set(context_labels(adata, self.registry.context_keys)[fit_mask]))
         self.context_stats: dict[str, list[float]] = {}
         self.flow_contexts: list[str] = []  # contexts with perturbed cells in the flow's fit
+        self.new_context_parts: dict[str, str] = {}  # held-out context -> its part, for "auto"
 
     # ------------------------------------------------------------------ setup
     @classmethod
@@ -288,13 +293,22 @@ class PerturbFlow:
         # The flow is fitted once. With a baseline prior, a fifth of the training groups
         # (or the validation groups) is held out of that fit and used to choose how much of
         # the flow's correction to keep, for this very network.
+        # In a context new to the flow, what of its correction to apply is chosen on the
+        # measured context nearest to each new one, held out of the fit whole.
         self.correction_scale = 1.0
+        names = list(ctx_index)
+        held_contexts = []
+        if self.config.new_context_flow == "auto" and self.config.residual_prior and not self.config.centered_correction:
+            measured = {names[g.context] for g in train_groups + val_groups}
+            held_contexts = contexts_to_hold_out(
+                {c: m for c, m in latent_controls.items() if c not in measured},
+                {c: m for c, m in latent_controls.items() if c in measured},
+            )
         calibration = []
         if self.config.residual_prior:
-            calibration = val_groups or calibration_split(train_groups, seed)
+            calibration = val_groups or calibration_split(train_groups, seed, [ctx_index[c] for c in held_contexts])
         fitting = [f for f, g in zip(fit_groups, train_groups) if all(g is not c for c in calibration)] or fit_groups
         # the flow's correction is calibrated only in contexts whose perturbed cells it saw
-        names = list(ctx_index)
         self.flow_contexts = sorted({names[g.context] for g in fitting})
         self.flow = fit_flow(self.config, len(self.atoms), fitting, val_groups, **fit)
         if self.config.reflow_steps:  # a second rectification on the flow's own couplings
@@ -306,36 +320,46 @@ class PerturbFlow:
                     n_steps * self.config.flow_batch_size * self.config.set_size / max(elapsed, 1e-9), n_steps)
         if calibration:
 
-            def transport(z0, atom_ids, context, prior):
+            def transport(z0, atom_ids, context, prior, new_context=False):
                 stats_c, prior_t = torch.from_numpy(stats[context]), torch.from_numpy(prior)
                 end = self._transport(
-                    z0, atom_ids, stats_c, prior_t, self.config.n_steps, self.config.solver, False, False
+                    z0, atom_ids, stats_c, prior_t, self.config.n_steps, self.config.solver, False, new_context
                 )[0]
                 if self.config.centered_correction:  # as predict() applies it
                     end = end - (end - z0 - prior).mean(0)
                 return end
 
-            self.correction_scale = choose_correction_scale(transport, calibration, z_all, seed)
-            logger.info("correction scale chosen on %d held-out groups: %.2f", len(calibration), self.correction_scale)
+            seen = [g for g in calibration if names[g.context] in self.flow_contexts] or calibration
+            self.correction_scale = choose_correction_scale(transport, seen, z_all, seed)
+            logger.info("correction scale chosen on %d held-out groups: %.2f", len(seen), self.correction_scale)
+            if held_contexts:
+                self.new_context_parts = choose_new_context_parts(
+                    lambda *args: transport(*args, new_context=True),
+                    [g for g in calibration if names[g.context] in held_contexts], z_all, names, seed,
+                )
+                logger.info("flow's correction in new contexts, chosen on held-out contexts: %s",
+                            ", ".join(f"{c}: {p}" for c, p in self.new_context_parts.items()))
         self.flow = self.flow.cpu().eval()
         self.is_trained = True
 
-    def correction_scale_in(self, context: str) -> float:
+    def correction_scale_in(self, context: str, mean: np.ndarray | None = None) -> float:
         """The fraction of the flow's correction applied in ``context``.
 
         The calibrated ``correction_scale`` where the flow was fitted on perturbed cells of
         the context. In a context new to the flow (a new cell type or line) the held-out
         groups of the calibration say nothing about how the correction carries over, so
         ``new_context_flow`` says what is applied there (the part of
-        :meth:`correction_part_in`, whole; ``"off"``: none, the prediction is the context
-        transfer's). Without a baseline prior (``residual_prior=False``) the flow is the
-        whole prediction and is always applied.
+        :meth:`correction_part_in`, whole; none where it is or resolves to ``"off"``: the
+        prediction is then the context transfer's). Without a baseline prior
+        (``residual_prior=False``) the flow is the whole prediction and is always applied.
+        ``mean``: the mean control latent of the context, for a context the model was not
+        trained with (``"auto"`` looks up the nearest held-out context with it).
         """
         if not self.config.residual_prior or context in self.flow_contexts:
             return self.correction_scale
-        return 0.0 if self.config.new_context_flow == "off" else 1.0
+        return 0.0 if self.new_context_choice(context, mean) == "off" else 1.0
 
-    def correction_part_in(self, context: str) -> str:
+    def correction_part_in(self, context: str, mean: np.ndarray | None = None) -> str:
         """Which part of the flow's correction is applied in ``context``: ``"all"``,
         ``"mean"`` (each cell moved by the mean correction of its predicted perturbation) or
         ``"shape"`` (the correction less that mean: the prior sets the group's mean move, the
@@ -344,9 +368,26 @@ class PerturbFlow:
         if self.config.centered_correction:
             return "shape"
         new = self.config.residual_prior and context not in self.flow_contexts
-        if new and self.config.new_context_flow in ("mean", "shape"):
+        choice = self.new_context_choice(context, mean) if new else "full"
+        return choice if choice in ("mean", "shape") else "all"
+
+    def new_context_choice(self, context: str, mean: np.ndarray | None = None) -> str:
+        """What of the flow's correction ``new_context_flow`` applies in ``context`` if it is
+        new to the flow: ``"off"``, ``"mean"``, ``"shape"`` or ``"full"``. With ``"auto"``,
+        the choice made on the held-out measured context nearest to it (by the mean of the
+        control latents; ``"off"`` when none was held out)."""
+        if self.config.new_context_flow != "auto":
             return self.config.new_context_flow
-        return "all"
+        if context in self.new_context_parts:
+            return self.new_context_parts[context]
+        if mean is None and context in self.context_stats:
+            stats = np.asarray(self.context_stats[context], dtype=np.float32)
+            mean = stats[: len(stats) // 2]
+        if mean is None or not self.new_context_parts:
+            return "off"
+        half = {c: np.asarray(self.context_stats[c], dtype=np.float32) for c in self.new_context_parts}
+        near = nearest_context(np.asarray(mean), {c: v[: len(v) // 2] for c, v in half.items()})
+        return self.new_context_parts[near]
 
     # ------------------------------------------------------------------ inputs
     def _check_trained(self) -> None:
@@ -479,18 +520,16 @@ class PerturbFlow:
                 else:  # the gene-space baseline, and the decoded change from its latent end point
                     gene_shift.append(self.gene_prior.prior(atom_set, c, ctrl_mean))
                     z_ref.append(base)
-                scale, part = self.correction_scale_in(c), self.correction_part_in(c)
+                mean_c = stats[: stats.shape[0] // 2].numpy()
+                scale, part = self.correction_scale_in(c, mean_c), self.correction_part_in(c, mean_c)
                 end, path = base, None  # no flow to run where none of its correction is kept
                 if scale or return_path:
                     end, path = self._transport(
                         z0_all[rows_c], atom_ids, stats, torch.from_numpy(prior), n_steps, solver, return_path,
                         c not in self.flow_contexts,
                     )
-                correction = end - base  # (n, D) the flow's move beyond the prior
-                if part == "shape":  # the prior sets the mean, the flow the shape
-                    correction = correction - correction.mean(0)
-                elif part == "mean":  # the flow corrects the group's mean move only
-                    correction = np.broadcast_to(correction.mean(0), correction.shape)
+                # the flow's move beyond the prior: all of it, its mean or its shape (less the mean)
+                correction = apply_part(base, end, "full" if part == "all" else part) - base
                 z_pred.append(base + scale * correction)
                 applied[c] = scale
                 parts[c] = part

@@ -24,19 +24,30 @@ from perturbflow.train._groups import (
     decoded_shifts,
     gene_space_shifts,
 )
+from perturbflow.train._new_context import (
+    NEW_CONTEXT_PARTS,
+    apply_part,
+    choose_new_context_parts,
+    contexts_to_hold_out,
+    nearest_context,
+)
 from perturbflow.train._plan import FlowTrainingPlan
 from perturbflow.train._reflow import flow_couplings, reflow
 
 __all__ = [
     "CORRECTION_SCALES",
     "DEFAULT_EVERY_N_STEPS",
+    "NEW_CONTEXT_PARTS",
     "FlowTrainingPlan",
     "TrainingRun",
+    "apply_part",
     "build_flow",
     "build_groups",
     "calibration_split",
     "cells_by_group",
     "choose_correction_scale",
+    "choose_new_context_parts",
+    "contexts_to_hold_out",
     "count_statistics",
     "decoded_shifts",
     "digest",
@@ -46,6 +57,7 @@ __all__ = [
     "gene_space_shifts",
     "is_main_process",
     "is_unfinished_run",
+    "nearest_context",
     "open_run",
     "reflow",
     "run_stage",

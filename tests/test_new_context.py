@@ -1,0 +1,99 @@
+"""The flow's correction in a context new to it: chosen on the nearest measured context,
+held out of the flow's fit (``new_context_flow="auto"``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import perturbflow as pf
+from perturbflow.data import Group
+from perturbflow.train import apply_part, choose_new_context_parts, contexts_to_hold_out, nearest_context
+
+
+def test_the_measured_context_nearest_each_new_one_is_held_out():
+    measured = {f"m{i}": np.array([float(i), 0.0]) for i in range(5)}
+    assert contexts_to_hold_out({"new": np.array([3.2, 0.1])}, measured) == ["m3"]
+    assert contexts_to_hold_out({"new": np.array([3.2, 0.1])}, dict(list(measured.items())[:4])) == []  # too few
+    assert contexts_to_hold_out({}, measured) == []
+    # one held out per new context, at most a fifth of the measured ones (here 1)
+    assert contexts_to_hold_out({"a": np.array([0.1, 0.0]), "b": np.array([4.0, 0.0])}, measured) == ["m0"]
+    ten = {f"m{i}": np.array([float(i), 0.0]) for i in range(10)}
+    assert contexts_to_hold_out({"a": np.array([0.1, 0.0]), "b": np.array([8.9, 0.0])}, ten) == ["m0", "m9"]
+    assert nearest_context(np.array([1.9, 0.0]), measured) == "m2" and nearest_context(np.zeros(2), {}) is None
+
+
+def test_the_parts_of_a_correction():
+    rng = np.random.default_rng(0)
+    base, end = rng.normal(size=(30, 4)), rng.normal(size=(30, 4))
+    mean = (end - base).mean(0)
+    np.testing.assert_allclose(apply_part(base, end, "off"), base)
+    np.testing.assert_allclose(apply_part(base, end, "full"), end)
+    np.testing.assert_allclose(apply_part(base, end, "mean"), base + mean)
+    np.testing.assert_allclose(apply_part(base, end, "shape"), end - mean)
+    # the two parts add up to the whole
+    np.testing.assert_allclose(apply_part(base, end, "mean") + apply_part(base, end, "shape") - base, end)
+
+
+def _group(context: int, rng, n=120, d=4) -> tuple[Group, np.ndarray]:
+    z = rng.normal(size=(2 * n, d)).astype(np.float32)
+    prior = np.full(d, 0.5, dtype=np.float32)
+    return Group("g", context, np.array([1]), np.arange(n, 2 * n), np.arange(n), prior), z
+
+
+@pytest.mark.parametrize(
+    ("truth", "flow", "chosen"),
+    [
+        ("shifted", "shifted", "mean"),  # a right mean move (shape none): mean and full tie, the smaller wins
+        ("base", "noisy", "off"),  # the flow adds only scatter: nothing is kept
+        ("shifted", "noisy_shifted", "mean"),  # right mean, wrong scatter: only the mean
+    ],
+)
+def test_the_part_that_predicts_the_held_out_context_best_is_chosen(truth, flow, chosen):
+    rng = np.random.default_rng(1)
+    g, z = _group(0, rng)
+    move = np.array([2.0, -1.0, 0.0, 1.0], dtype=np.float32)
+    src = z[g.source_idx]
+    z[g.target_idx] = src + g.prior + (move if truth == "shifted" else 0)  # paired real cells
+
+    def transport(z0, atom_ids, context, prior):
+        end = z0 + prior + (move if "shifted" in flow else 0)
+        if "noisy" in flow:
+            end = end + np.random.default_rng(2).normal(scale=1.5, size=end.shape)
+        return end
+
+    assert choose_new_context_parts(transport, [g], z, ["held"], seed=0) == {"held": chosen}
+
+
+def test_auto_holds_the_nearest_measured_context_out_of_the_flow_and_predicts_with_its_choice(tmp_path):
+    adata = pf.datasets.synthetic(n_genes=50, n_atoms=3, n_combos=0, n_contexts=6, n_cells_per_group=30,
+                                  n_control_cells=60, n_heldout_combos=0, seed=0)
+    contexts = sorted(adata.obs["cell_type"].unique())
+    new = contexts[-1]  # its perturbed cells are held out: a new context for the flow
+    perturbed = adata.obs["perturbation"] != "control"
+    adata.obs["split"] = np.where(perturbed & (adata.obs["cell_type"] == new), "test", "train")
+    pf.PerturbFlow.setup_anndata(adata, perturbation_key="perturbation", control_value="control",
+                                 context_keys=["cell_type"], split_key="split")
+    model = pf.PerturbFlow(adata, n_latent=6, flow_steps_per_epoch=10)
+    model.train(max_epochs=4, progress_bar=False)
+
+    (held,) = model.new_context_parts  # the measured context nearest the new one, by control latents
+    z = model.get_latent_representation()
+    control = (~perturbed).to_numpy()
+    means = {c: z[control & (adata.obs["cell_type"] == c).to_numpy()].mean(0) for c in contexts}
+    assert held == nearest_context(means[new], {c: m for c, m in means.items() if c not in (new,)})
+    assert held not in model.flow_contexts and new not in model.flow_contexts
+    choice = model.new_context_parts[held]
+    assert choice in ("off", "mean", "shape", "full") and model.new_context_choice(new) == choice
+
+    controls = adata[control & (adata.obs["cell_type"] == new).to_numpy()].copy()
+    pred = model.predict(controls, perturbations=["G0"], seed=0)
+    info = pred.uns["perturbflow_prediction"]
+    assert info["flow_correction"][new] == (0.0 if choice == "off" else 1.0)
+    assert info["flow_correction_part"][new] == (choice if choice in ("mean", "shape") else "all")
+
+    model.save(tmp_path / "model")
+    loaded = pf.PerturbFlow.load(tmp_path / "model")
+    assert loaded.new_context_parts == model.new_context_parts
+    model.config.new_context_flow = "off"  # a fixed choice overrides the calibrated one
+    assert model.new_context_choice(new) == "off" and model.correction_scale_in(new) == 0.0
