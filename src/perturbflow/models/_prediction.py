@@ -1,0 +1,165 @@
+"""Prediction with a trained PerturbFlow: each control cell encoded, moved by the prior and
+the flow, and decoded with its own library size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+
+from perturbflow._errors import PerturbFlowError
+from perturbflow.data import context_labels, log_normalized_mean
+from perturbflow.metrics._likelihood import DISPERSION_KEY
+from perturbflow.models._inputs import aligned_counts, control_cells, requested_perturbations
+from perturbflow.nn import context_statistics
+from perturbflow.train import apply_part
+
+TRANSPORT_SETS = 64  # sets of control cells moved in one forward pass
+
+
+def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, solver, return_path, method) -> AnnData:
+    """:meth:`~perturbflow.PerturbFlow.predict` of a trained ``model``, its modules already on
+    the prediction's device."""
+    if method not in ("flow", "latent_shift"):
+        raise PerturbFlowError(f"unknown method {method!r}; use 'flow' or 'latent_shift'")
+    if return_path and method != "flow":
+        raise PerturbFlowError("return_path needs method='flow'")
+    requested = requested_perturbations(perturbations, model.atoms, model.registry)
+    control_adata = control_cells(control_adata, model.registry)
+    reg = model.registry
+    for key in reg.context_keys:
+        if key not in control_adata.obs.columns:
+            raise PerturbFlowError(f"context key {key!r} not found in the control cells' obs")
+    counts = aligned_counts(control_adata, model.genes, reg.layer)
+    contexts = context_labels(control_adata, reg.context_keys)
+    rng = np.random.default_rng(seed)
+    z0_all = model.vae.latent(counts, np.arange(control_adata.n_obs))
+    library = np.asarray(counts.sum(axis=1)).reshape(-1).astype(np.float32)
+    if np.any(library <= 0):
+        raise PerturbFlowError("some control cells have no counts; filter empty cells first")
+
+    n_steps = n_steps or model.config.n_steps
+    solver = solver or model.config.solver
+    z_pred, src_rows, labels, paths = [], [], [], []
+    z_ref, gene_shift, shift_of_rows = [], [], []
+    applied: dict[str, float] = {}  # the share of the flow's correction kept, per context
+    parts: dict[str, str] = {}  # which part of it: all, its mean, or its shape (less the mean)
+    plain = model.plain_prior() if method == "latent_shift" else None
+    described: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
+    from rich.progress import track
+
+    for label, atom_set, atom_ids in track(requested, description="predicting", disable=len(requested) < 3):
+        rows = np.arange(control_adata.n_obs) if n_cells is None else rng.choice(control_adata.n_obs, n_cells)
+        for c in pd.unique(contexts[rows]):
+            rows_c = rows[contexts[rows] == c]
+            if c not in described:  # each context by its own control cells, latent and genes
+                ctrl_c = np.flatnonzero(contexts == c)
+                described[c] = (
+                    context_statistics(torch.from_numpy(z0_all[ctrl_c])),
+                    log_normalized_mean(counts[ctrl_c]).astype(np.float32),
+                )
+            stats, ctrl_mean = described[c]
+            if method == "latent_shift":
+                z_pred.append(z0_all[rows_c] + plain.prior(atom_set, c))
+                src_rows.append(rows_c)
+                labels += [label] * len(rows_c)
+                continue
+            prior = model.prior.prior(atom_set, c, ctrl_mean)
+            base = z0_all[rows_c] + prior if model.config.residual_prior else z0_all[rows_c]
+            if model.config.gene_offset == "residual":  # each cell's own decoded change
+                gene_shift.append(model.residual_prior.prior(atom_set, c, ctrl_mean))
+                z_ref.append(z0_all[rows_c])
+            else:  # the gene-space baseline, and the decoded change from its latent end point
+                gene_shift.append(model.gene_prior.prior(atom_set, c, ctrl_mean))
+                z_ref.append(base)
+            mean_c = stats[: stats.shape[0] // 2].numpy()
+            scale, part = model.correction_scale_in(c, mean_c), model.correction_part_in(c, mean_c)
+            end, path = base, None  # no flow to run where none of its correction is kept
+            if scale or return_path:
+                end, path = transport_sets(
+                    model, z0_all[rows_c], atom_ids, stats, torch.from_numpy(prior), n_steps, solver, return_path,
+                    c not in model.flow_contexts,
+                )
+            # the flow's move beyond the prior: all of it, its mean or its shape (less the mean)
+            correction = apply_part(base, end, "full" if part == "all" else part) - base
+            z_pred.append(base + scale * correction)
+            applied[c] = scale
+            parts[c] = part
+            if model.config.gene_offset == "residual" and model.config.cell_response < 1:
+                # the group's mean decoded change in gene space, each cell's own part scaled
+                mean_change = model.vae.log_change(z0_all[rows_c], z_pred[-1], library[rows_c]).mean(0)
+                gene_shift[-1] = gene_shift[-1] + (1 - model.config.cell_response) * mean_change
+            shift_of_rows.append(np.full(len(rows_c), len(gene_shift) - 1))
+            paths.append(path)
+            src_rows.append(rows_c)
+            labels += [label] * len(rows_c)
+    z_pred = np.concatenate(z_pred)
+    src_rows = np.concatenate(src_rows)
+    if model.config.decode == "delta" and method == "flow":
+        X, expected = model.vae.decode_delta(
+            np.concatenate(z_ref),
+            z_pred,
+            counts,
+            src_rows,
+            gene_shift=np.stack(gene_shift) if model.config.residual_prior else None,
+            shift_of_rows=np.concatenate(shift_of_rows),
+            seed=seed,
+            change_scale=model.config.cell_response if model.config.gene_offset == "residual" else 1.0,
+        )
+    else:
+        X, expected = model.vae.decode(z_pred, library[src_rows], seed=seed)
+
+    obs = pd.DataFrame(index=[f"pred{i}" for i in range(len(src_rows))])
+    obs[reg.perturbation_key] = pd.Categorical(labels)
+    for key in reg.context_keys:
+        obs[key] = control_adata.obs[key].to_numpy()[src_rows]
+    obs["source_cell"] = control_adata.obs_names.to_numpy()[src_rows]
+    pred = AnnData(X=X, obs=obs, var=pd.DataFrame(index=model.genes))
+    pred.var[DISPERSION_KEY] = model.vae.dispersion()  # the decoder's NB theta, for evaluation
+    pred.layers["expected"] = expected
+    pred.obsm["X_perturbflow"] = z_pred
+    pred.uns["perturbflow_prediction"] = {
+        "n_steps": n_steps,
+        "solver": solver,
+        "seed": seed,
+        "method": method,
+        "backbone": model.config.backbone,
+        "flow_correction": applied,
+        "flow_correction_part": parts,
+        "gene_offset": model.config.gene_offset if model.config.residual_prior else "none",
+        "perturbation_key": reg.perturbation_key,
+        "control_value": reg.control_value,
+        "context_keys": list(reg.context_keys),
+    }
+    if return_path:
+        pred.uns["perturbflow_paths"] = np.concatenate(paths, axis=1)
+    return pred
+
+
+def transport_sets(model, z0: np.ndarray, atom_ids, stats, prior, n_steps, solver, return_path, new_context):
+    """Move ``(n, D)`` latents along ``model``'s flow in sets of ``set_size`` (the last set may
+    be smaller); a context new to the flow is given the flow's null context. Returns the end
+    points and, with ``return_path``, the paths ``(steps, n, D)``."""
+    S = model.config.set_size
+    n, D = z0.shape
+    device = next(model.flow.parameters()).device  # the prediction's device
+    n_full = (n // S) * S
+    outs, paths = [], []
+    step = S * TRANSPORT_SETS
+    full_sets = [z0[i : min(i + step, n_full)].reshape(-1, S, D) for i in range(0, n_full, step)]
+    for part in [*full_sets, z0[n_full:].reshape(1, -1, D)]:
+        if part.shape[0] == 0 or part.shape[1] == 0:
+            continue
+        B = part.shape[0]
+        x_0 = torch.from_numpy(part.astype(np.float32)).to(device)  # (B, S, D)
+        atoms = torch.tensor([atom_ids] * B, dtype=torch.long, device=device)  # (B, A)
+        context = stats.float().to(device).expand(B, -1)  # (B, 2D)
+        res = model.flow.transport(x_0, atoms, context, prior.float().to(device).expand(B, -1), n_steps=n_steps, solver=solver, return_path=return_path,
+                                 new_context=new_context)
+        x_1, path = res if return_path else (res, None)
+        outs.append(x_1.reshape(-1, D).cpu().numpy())
+        if return_path:
+            paths.append(path.reshape(path.shape[0], -1, D).cpu().numpy())
+    path = np.concatenate(paths, axis=1) if return_path else None
+    return np.concatenate(outs), path

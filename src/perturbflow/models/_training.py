@@ -1,0 +1,187 @@
+"""Training a PerturbFlow: the count VAE, the baselines in latent and gene space, the
+flow's groups, the flow, and the calibration of its correction."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from perturbflow._errors import PerturbFlowError
+from perturbflow.data import context_labels, get_counts, perturbation_atoms, split_labels
+from perturbflow.models._prediction import transport_sets
+from perturbflow.models._prior import BaselinePrior
+from perturbflow.models._transfer import ContextTransfer
+from perturbflow.nn import context_statistics
+from perturbflow.train import (
+    build_groups,
+    calibration_split,
+    cells_by_group,
+    choose_correction_scale,
+    choose_new_context_parts,
+    contexts_to_hold_out,
+    count_statistics,
+    decoded_shifts,
+    digest,
+    fit_flow,
+    fit_vae,
+    open_run,
+    reflow,
+)
+
+logger = logging.getLogger("perturbflow.models._perturbflow")  # the model's log, as before the split
+
+
+def train_model(
+    model,
+    max_epochs,
+    accelerator,
+    devices,
+    flow_max_epochs,
+    batch_size,
+    seed,
+    progress_bar,
+    checkpoint_dir,
+    checkpoint_every_n_steps,
+    resume,
+    strategy,
+    precision,
+) -> None:
+    """Fit ``model`` (a :class:`~perturbflow.PerturbFlow` with training data) in place; the
+    arguments are :meth:`~perturbflow.PerturbFlow.train`'s."""
+    if model.adata is None:
+        raise PerturbFlowError("this model was loaded without training data; it can only predict")
+    adata, reg = model.adata, model.registry
+    split = split_labels(adata, reg)
+    fit_mask = split != "test"
+    contexts = context_labels(adata, reg.context_keys)
+    atoms = perturbation_atoms(adata, reg)
+
+    settings = {"seed": seed, "max_epochs": max_epochs, "flow_max_epochs": flow_max_epochs,  # a resume matches
+                "batch_size": batch_size, "config": model.config.to_dict(), "genes": digest(model.genes),
+                "n_fit": int(fit_mask.sum())}
+    run = open_run(checkpoint_dir, settings, resume, checkpoint_every_n_steps)
+    pl.seed_everything(seed, workers=True, verbose=False)
+    start = time.perf_counter()
+    logger.info("stage 1: count VAE on %d cells x %d genes", int(fit_mask.sum()), adata.n_vars)
+    model.vae = fit_vae(
+        get_counts(adata, reg.layer),
+        np.flatnonzero(fit_mask),
+        model.genes,
+        model.config,
+        max_epochs=max_epochs,
+        accelerator=accelerator,
+        devices=devices,
+        batch_size=batch_size,
+        progress_bar=progress_bar,
+        seed=seed,
+        stage=run.stage("vae") if run else None,
+        strategy=strategy,
+        precision=precision,
+    )
+    elapsed = time.perf_counter() - start
+    epochs = model.vae.epochs
+    logger.info("stage 1 done in %.0f s (%.0f cells/s over %d epochs)", elapsed,
+                epochs * fit_mask.sum() / max(elapsed, 1e-9), epochs)
+    start = time.perf_counter()
+    z = model.vae.latent(get_counts(adata, reg.layer), np.flatnonzero(fit_mask))
+    rows = np.flatnonzero(fit_mask)
+    z_all = np.zeros((adata.n_obs, z.shape[1]), dtype=np.float32)
+    z_all[rows] = z
+
+    is_control = np.array([len(a) == 0 for a in atoms])
+    control_rows = {c: np.flatnonzero(fit_mask & is_control & (contexts == c)) for c in model.contexts}
+    control_rows = {c: r for c, r in control_rows.items() if len(r)}  # contexts the flow can start in
+    model.context_stats = {c: context_statistics(torch.from_numpy(z_all[r])).tolist() for c, r in control_rows.items()}
+    atom_index = {a: i + 1 for i, a in enumerate(model.atoms)}
+    ctx_index = {c: i for i, c in enumerate(model.context_stats)}
+    stats = np.array([model.context_stats[c] for c in ctx_index], dtype=np.float32)
+
+    train_cells, val_cells = (
+        cells_by_group(atoms, contexts, (split == part) & ~is_control, ctx_index, atom_index)
+        for part in ("train", "val")
+    )
+    if not train_cells:
+        raise PerturbFlowError("no perturbed training cells with control cells in the same context")
+    # with the library sizes, in one pass over blocks of rows (the counts may be on disk)
+    gene_shifts, control_means, noise, library = count_statistics(
+        get_counts(adata, reg.layer), train_cells, fit_mask & is_control, contexts
+    )
+    sizes = {k: len(v) for k, v in train_cells.items()}
+    transfer, model.transfer_scores = ContextTransfer.select(gene_shifts, sizes, control_means, noise)
+    model.gene_prior = BaselinePrior(gene_shifts, sizes, transfer)
+    latent_controls = {c: z_all[r].mean(0) for c, r in control_rows.items()}
+    latent_shifts = {k: z_all[v].mean(0) - latent_controls[k[1]] for k, v in train_cells.items()}
+    model.prior = BaselinePrior(latent_shifts, sizes, transfer)
+    # what of each measured change the latent does not carry, moved between groups like
+    # the shifts themselves and added back in gene space at prediction
+    decoded = decoded_shifts(model.vae, z_all, library, latent_shifts, control_rows, seed)
+    model.residual_prior = BaselinePrior({k: gene_shifts[k] - decoded[k] for k in gene_shifts}, sizes, transfer)
+    # every group with the baseline computed without it, as a held-out group would see it
+    train_groups, val_groups = (
+        build_groups(cells, model.prior, atom_index, ctx_index, control_rows) for cells in (train_cells, val_cells)
+    )
+    fit_groups = train_groups  # what the flow is fitted on; with flow_prior="own", from their own shifts
+    if model.config.flow_prior == "own":
+        fit_groups = build_groups(train_cells, model.prior, atom_index, ctx_index, control_rows, own_prior=True)
+    logger.info("priors and groups in %.0f s", time.perf_counter() - start)
+    start = time.perf_counter()
+    logger.info("stage 2: latent flow on %d groups (%d validation)", len(train_groups), len(val_groups))
+
+    fit = dict(z_all=z_all, stats=stats, max_epochs=flow_max_epochs or max_epochs, accelerator=accelerator,
+               devices=devices, seed=seed, progress_bar=progress_bar, stage=run.stage("flow") if run else None,
+               strategy=strategy, precision=precision)
+    # The flow is fitted once. With a baseline prior, a fifth of the training groups
+    # (or the validation groups) is held out of that fit and used to choose how much of
+    # the flow's correction to keep, for this very network.
+    # In a context new to the flow, what of its correction to apply is chosen on the
+    # measured context nearest to each new one, held out of the fit whole.
+    model.correction_scale = 1.0
+    names = list(ctx_index)
+    held_contexts = []
+    if model.config.new_context_flow == "auto" and model.config.residual_prior and not model.config.centered_correction:
+        measured = {names[g.context] for g in train_groups + val_groups}
+        held_contexts = contexts_to_hold_out(
+            {c: m for c, m in latent_controls.items() if c not in measured},
+            {c: m for c, m in latent_controls.items() if c in measured},
+        )
+    calibration = []
+    if model.config.residual_prior:
+        calibration = val_groups or calibration_split(train_groups, seed, [ctx_index[c] for c in held_contexts])
+    fitting = [f for f, g in zip(fit_groups, train_groups) if all(g is not c for c in calibration)] or fit_groups
+    # the flow's correction is calibrated only in contexts whose perturbed cells it saw
+    model.flow_contexts = sorted({names[g.context] for g in fitting})
+    model.flow = fit_flow(model.config, len(model.atoms), fitting, val_groups, **fit)
+    if model.config.reflow_steps:  # a second rectification on the flow's own couplings
+        model.flow = reflow(model.flow, model.config, fitting, z_all, stats, model.config.reflow_steps,
+                           accelerator=accelerator, devices=devices, seed=seed, progress_bar=progress_bar)
+    elapsed = time.perf_counter() - start
+    n_steps = model.config.flow_steps_per_epoch * (flow_max_epochs or max_epochs or model.config.flow_max_epochs)
+    logger.info("stage 2 done in %.0f s (%.0f cells/s over %d steps)", elapsed,
+                n_steps * model.config.flow_batch_size * model.config.set_size / max(elapsed, 1e-9), n_steps)
+    if calibration:
+
+        def transport(z0, atom_ids, context, prior, new_context=False):
+            stats_c, prior_t = torch.from_numpy(stats[context]), torch.from_numpy(prior)
+            end = transport_sets(
+                model, z0, atom_ids, stats_c, prior_t, model.config.n_steps, model.config.solver, False, new_context
+            )[0]
+            if model.config.centered_correction:  # as predict() applies it
+                end = end - (end - z0 - prior).mean(0)
+            return end
+
+        seen = [g for g in calibration if names[g.context] in model.flow_contexts] or calibration
+        model.correction_scale = choose_correction_scale(transport, seen, z_all, seed)
+        logger.info("correction scale chosen on %d held-out groups: %.2f", len(seen), model.correction_scale)
+        if held_contexts:
+            model.new_context_parts = choose_new_context_parts(
+                lambda *args: transport(*args, new_context=True),
+                [g for g in calibration if names[g.context] in held_contexts], z_all, names, seed,
+            )
+            logger.info("flow's correction in new contexts, chosen on held-out contexts: %s",
+                        ", ".join(f"{c}: {p}" for c, p in model.new_context_parts.items()))
+    model.flow = model.flow.cpu().eval()
+    model.is_trained = True
