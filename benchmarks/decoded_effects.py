@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts
-from tasks import DEFAULT_DATA_DIR, RESULTS_DIR, TASKS, save_results
+from tasks import DEFAULT_DATA_DIR, RESULTS_DIR, TASKS, parse_config, save_results
 
 from perturbflow.data._expression import dense_rows, log_normalize_rows
 from perturbflow.models import PerturbFlowConfig
@@ -100,8 +100,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    defaults = PerturbFlowConfig()
-    config = PerturbFlowConfig(**{k: type(getattr(defaults, k))(v) for k, v in (kv.split("=", 1) for kv in args.config)})
+    config = PerturbFlowConfig(**parse_config(args.config))
     table = pd.concat([run_task(TASKS[name](args.data_dir), args.seed, config) for name in args.tasks],
                       ignore_index=True)
     summary = table.groupby("task")[["measured", "decoded", "reconstructed"]].median()

@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts
-from tasks import DEFAULT_DATA_DIR, FOLDS, RESULTS_DIR, fold_task, save_results
+from tasks import DEFAULT_DATA_DIR, FOLDS, RESULTS_DIR, fold_task, parse_config, save_results
 
 import perturbflow as pf
 from perturbflow.data import context_labels
@@ -150,11 +150,7 @@ def main(argv=None, tasks=tuple(FOLDS), backbones=("mlp",), out_name="quality.cs
     parser.add_argument("--jobs", type=int, default=2,
                         help="runs side by side, each with threads/jobs torch threads (1: one after another)")
     args = parser.parse_args(argv)
-    defaults = pf.PerturbFlowConfig()
-    config = {}
-    for key, value in (kv.split("=", 1) for kv in args.config):
-        kind = type(getattr(defaults, key))
-        config[key] = value == "True" if kind is bool else kind(value)
+    config = parse_config(args.config)
     seeds = [0] if args.quick else args.seeds
     out = args.out or RESULTS_DIR / (out_name.replace(".csv", "_quick.csv") if args.quick else out_name)
     units = []  # seed by seed, so that a stopped run has every fold of its first seeds

@@ -2,7 +2,8 @@
 
 Usage (from the repository root, with ../shared/data beside it)::
 
-    python benchmarks/speed.py                # writes benchmarks/results/speed.csv
+    python benchmarks/speed.py                # adds a row to benchmarks/results/speed.csv
+    python benchmarks/speed.py --config 'backbone_kwargs={"d_model":128}' flow_max_epochs=20
 
 Training: SCVI alone for the epochs perturbflow's stage 1 uses, against perturbflow's whole
 ``train`` (stage 1 is that same SCVI, stage 2 the flow), as a ratio of wall times.
@@ -23,7 +24,7 @@ import scvi
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tasks import DEFAULT_DATA_DIR, RESULTS_DIR, TASKS
+from tasks import DEFAULT_DATA_DIR, RESULTS_DIR, TASKS, parse_config
 
 import perturbflow as pf
 from perturbflow.nn._vae import default_vae_epochs
@@ -40,7 +41,9 @@ def main() -> None:
     parser.add_argument("--backbone", default="mlp")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "speed.csv")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the CI machine has 2 cores)")
+    parser.add_argument("--config", nargs="*", default=[], help="PerturbFlowConfig overrides, KEY=VALUE")
     args = parser.parse_args()
+    config = parse_config(args.config)
     torch.set_num_threads(args.threads)
     task = TASKS[args.task](args.data_dir)
     adata = task.adata
@@ -61,7 +64,7 @@ def main() -> None:
     scvi_cells_per_s = ctrl.n_obs / (time.perf_counter() - start)
 
     task.setup_model()
-    model = pf.PerturbFlow(adata, backbone=args.backbone)
+    model = pf.PerturbFlow(adata, backbone=args.backbone, **config)
     start = time.perf_counter()
     model.train(progress_bar=False)
     pf_train = time.perf_counter() - start
@@ -71,14 +74,17 @@ def main() -> None:
 
     row = {
         "command": " ".join(["python", *sys.argv]),
-        "task": task.name, "backbone": args.backbone, "train_cells": train.n_obs, "genes": adata.n_vars,
+        "task": task.name, "backbone": args.backbone, "config": " ".join(args.config), "train_cells": train.n_obs, "genes": adata.n_vars,
         "vae_epochs": epochs, "scvi_train_s": scvi_train, "perturbflow_train_s": pf_train,
         "train_time_ratio": pf_train / scvi_train, "scvi_predict_cells_per_s": scvi_cells_per_s,
         "perturbflow_predict_cells_per_s": pf_cells_per_s,
         "predict_speed_ratio": pf_cells_per_s / scvi_cells_per_s, "peak_rss_mib": peak_rss_mib(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame([row]).to_csv(args.out, index=False)
+    table = pd.DataFrame([row])  # a row per run, the earlier runs kept
+    if args.out.exists():
+        table = pd.concat([pd.read_csv(args.out), table], ignore_index=True)
+    table.to_csv(args.out, index=False)
     print(pd.Series(row).to_string())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,19 @@ FOLDS = {
 def fold_task(name: str, fold: str | None, data_dir: Path = DEFAULT_DATA_DIR) -> Task:
     """The task of dataset ``name`` with context ``fold`` held out (``None``: its only split)."""
     return TASKS[name](data_dir) if fold is None else TASKS[name](data_dir, held=fold)
+
+
+def parse_config(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` overrides of PerturbFlowConfig, each value of the field's type (a dict
+    field as JSON, e.g. ``backbone_kwargs={"d_model":128}``)."""
+    import perturbflow as pf
+
+    defaults = pf.PerturbFlowConfig()
+    config = {}
+    for key, value in (kv.split("=", 1) for kv in pairs):
+        kind = type(getattr(defaults, key))
+        config[key] = value == "True" if kind is bool else json.loads(value) if kind is dict else kind(value)
+    return config
 
 
 def save_results(table, path: Path) -> None:

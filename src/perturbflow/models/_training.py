@@ -157,7 +157,8 @@ def train_model(
     model.flow = fit_flow(model.config, len(model.atoms), fitting, val_groups, **fit)
     if model.config.reflow_steps:  # a second rectification on the flow's own couplings
         model.flow = reflow(model.flow, model.config, fitting, z_all, stats, model.config.reflow_steps,
-                           accelerator=accelerator, devices=devices, seed=seed, progress_bar=progress_bar)
+                           accelerator=accelerator, devices=devices, seed=seed, progress_bar=progress_bar,
+                           strategy=strategy, precision=precision)
     elapsed = time.perf_counter() - start
     n_steps = model.config.flow_steps_per_epoch * (flow_max_epochs or max_epochs or model.config.flow_max_epochs)
     logger.info("stage 2 done in %.0f s (%.0f cells/s over %d steps)", elapsed,

@@ -84,6 +84,8 @@ def reflow(
     devices: int | str = "auto",
     seed: int = 0,
     progress_bar: bool = True,
+    strategy: str = "auto",
+    precision: str | int | None = None,
 ) -> LatentFlowModule:
     """Fine-tune a copy of ``flow`` on its own couplings (one reflow, Liu et al. 2022, sec. 2.2).
 
@@ -104,6 +106,8 @@ def reflow(
         Latents of all cells and the context statistics, as the flow was fitted with.
     max_steps
         Fine-tuning steps.
+    accelerator, devices, strategy, precision
+        As the flow was fitted with; they go to the Lightning trainer.
 
     Returns
     -------
@@ -118,6 +122,8 @@ def reflow(
         max_epochs=1,
         accelerator=accelerator,
         devices=devices,
+        strategy=strategy,
+        **({} if precision is None else {"precision": precision}),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=progress_bar,
