@@ -29,6 +29,7 @@ spread over seeds per fold and overall.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import sys
 import time
@@ -110,6 +111,7 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
         "backbone_params": n_params, "correction_scale": model.correction_scale,
         "applied_correction_scale": min(applied.get(c, 0.0) for c in held_out_contexts),
         "new_context_part": ",".join(sorted({parts[c] if applied.get(c) else "off" for c in held_out_contexts})),
+        "new_context_scores": json.dumps(model.new_context_scores),  # the probe's, per held-out training context
         "transfer_bandwidth": transfer.bandwidth, "transfer_specificity": transfer.specificity,
     }
 

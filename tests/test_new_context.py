@@ -8,7 +8,13 @@ import pytest
 
 import perturbflow as pf
 from perturbflow.data import Group
-from perturbflow.train import apply_part, choose_new_context_parts, contexts_to_hold_out, nearest_context
+from perturbflow.train import (
+    apply_part,
+    best_parts,
+    contexts_to_hold_out,
+    nearest_context,
+    new_context_scores,
+)
 
 
 def test_the_measured_context_nearest_each_new_one_is_held_out():
@@ -62,10 +68,12 @@ def test_the_part_that_predicts_the_held_out_context_best_is_chosen(truth, flow,
             end = end + np.random.default_rng(2).normal(scale=1.5, size=end.shape)
         return end
 
-    assert choose_new_context_parts(transport, [g], z, ["held"], seed=0) == {"held": chosen}
+    scores = new_context_scores(transport, [g], z, ["held"], seed=0)
+    assert set(scores["held"]) == {"off", "mean", "shape", "full"}
+    assert best_parts(scores) == {"held": chosen}
 
 
-def test_auto_holds_the_nearest_measured_context_out_of_the_flow_and_predicts_with_its_choice(tmp_path):
+def test_auto_probes_the_nearest_measured_context_and_predicts_with_its_choice(tmp_path):
     adata = pf.datasets.synthetic(n_genes=50, n_atoms=3, n_combos=0, n_contexts=6, n_cells_per_group=30,
                                   n_control_cells=60, n_heldout_combos=0, seed=0)
     contexts = sorted(adata.obs["cell_type"].unique())
@@ -82,7 +90,9 @@ def test_auto_holds_the_nearest_measured_context_out_of_the_flow_and_predicts_wi
     control = (~perturbed).to_numpy()
     means = {c: z[control & (adata.obs["cell_type"] == c).to_numpy()].mean(0) for c in contexts}
     assert held == nearest_context(means[new], {c: m for c, m in means.items() if c not in (new,)})
-    assert held not in model.flow_contexts and new not in model.flow_contexts
+    # the probe flow was fitted without it; the flow that predicts, with it
+    assert held in model.flow_contexts and new not in model.flow_contexts
+    assert set(model.new_context_scores[held]) == {"off", "mean", "shape", "full"}
     choice = model.new_context_parts[held]
     assert choice in ("off", "mean", "shape", "full") and model.new_context_choice(new) == choice
 

@@ -69,11 +69,12 @@ class PerturbFlowConfig:
         predicted cells of its perturbation), ``"shape"`` (the correction less that mean:
         the transfer sets the mean move, the flow, under its learned null context, how each
         cell moves around it), ``"full"``, or ``"auto"``: when the training data hold
-        control cells of new contexts and at least 5 measured contexts, the measured context
-        nearest to each new one is held out of the flow's fit, each part is scored there
-        under the null context, and a new context gets the choice of its nearest held-out
-        context (``"off"`` otherwise). On Kang the mean helps the monocyte folds, the shape
-        the B cell fold, neither the others (benchmarks/RESULTS.md).
+        control cells of new contexts and at least 5 measured contexts, a probe flow is
+        fitted without the measured context nearest to each new one, each part of its
+        correction is scored there under the null context, and a new context gets the
+        choice of its nearest probed context (``"off"`` otherwise). The probe is a second
+        flow fit. On Kang the mean helps the monocyte folds and costs the others
+        (benchmarks/RESULTS.md).
     decode
         ``"delta"``: each predicted cell is its real source cell moved by the decoded change
         along its flow path (the decoder's reconstruction error cancels); ``"direct"``: the

@@ -17,17 +17,18 @@ from perturbflow.models._prior import BaselinePrior
 from perturbflow.models._transfer import ContextTransfer
 from perturbflow.nn import context_statistics
 from perturbflow.train import (
+    best_parts,
     build_groups,
     calibration_split,
     cells_by_group,
     choose_correction_scale,
-    choose_new_context_parts,
     contexts_to_hold_out,
     count_statistics,
     decoded_shifts,
     digest,
     fit_flow,
     fit_vae,
+    new_context_scores,
     open_run,
     reflow,
 )
@@ -137,10 +138,25 @@ def train_model(
     # The flow is fitted once. With a baseline prior, a fifth of the training groups
     # (or the validation groups) is held out of that fit and used to choose how much of
     # the flow's correction to keep, for this very network.
-    # In a context new to the flow, what of its correction to apply is chosen on the
-    # measured context nearest to each new one, held out of the fit whole.
     model.correction_scale = 1.0
     names = list(ctx_index)
+    calibration = []
+    if model.config.residual_prior:
+        calibration = val_groups or calibration_split(train_groups, seed)
+    fitting = [f for f, g in zip(fit_groups, train_groups) if all(g is not c for c in calibration)] or fit_groups
+
+    def transport(z0, atom_ids, context, prior, new_context=False):
+        stats_c, prior_t = torch.from_numpy(stats[context]), torch.from_numpy(prior)
+        end = transport_sets(
+            model, z0, atom_ids, stats_c, prior_t, model.config.n_steps, model.config.solver, False, new_context
+        )[0]
+        if model.config.centered_correction:  # as predict() applies it
+            end = end - (end - z0 - prior).mean(0)
+        return end
+
+    # In a context new to the flow, what of its correction to apply ("auto") is chosen with
+    # a probe: a flow fitted without the measured context nearest to each new one, run
+    # there under its null context. The flow that predicts is then fitted with it.
     held_contexts = []
     if model.config.new_context_flow == "auto" and model.config.residual_prior and not model.config.centered_correction:
         measured = {names[g.context] for g in train_groups + val_groups}
@@ -148,10 +164,19 @@ def train_model(
             {c: m for c, m in latent_controls.items() if c not in measured},
             {c: m for c, m in latent_controls.items() if c in measured},
         )
-    calibration = []
-    if model.config.residual_prior:
-        calibration = val_groups or calibration_split(train_groups, seed, [ctx_index[c] for c in held_contexts])
-    fitting = [f for f, g in zip(fit_groups, train_groups) if all(g is not c for c in calibration)] or fit_groups
+    probe_fit = [f for f, g in zip(fit_groups, train_groups)
+                 if names[g.context] not in held_contexts and all(g is not c for c in calibration)]
+    if held_contexts and probe_fit:
+        logger.info("probe flow without %s, for the flow's part in new contexts", ", ".join(held_contexts))
+        probe_stage = run.stage("flow_probe") if run else None
+        model.flow = fit_flow(model.config, len(model.atoms), probe_fit, val_groups, **{**fit, "stage": probe_stage})
+        model.new_context_scores = new_context_scores(
+            lambda *args: transport(*args, new_context=True),
+            [g for g in train_groups if names[g.context] in held_contexts], z_all, names, seed,
+        )
+        model.new_context_parts = best_parts(model.new_context_scores)
+        logger.info("flow's part in new contexts, chosen on held-out contexts: %s",
+                    ", ".join(f"{c}: {p}" for c, p in model.new_context_parts.items()))
     # the flow's correction is calibrated only in contexts whose perturbed cells it saw
     model.flow_contexts = sorted({names[g.context] for g in fitting})
     model.flow = fit_flow(model.config, len(model.atoms), fitting, val_groups, **fit)
@@ -164,25 +189,7 @@ def train_model(
     logger.info("stage 2 done in %.0f s (%.0f cells/s over %d steps)", elapsed,
                 n_steps * model.config.flow_batch_size * model.config.set_size / max(elapsed, 1e-9), n_steps)
     if calibration:
-
-        def transport(z0, atom_ids, context, prior, new_context=False):
-            stats_c, prior_t = torch.from_numpy(stats[context]), torch.from_numpy(prior)
-            end = transport_sets(
-                model, z0, atom_ids, stats_c, prior_t, model.config.n_steps, model.config.solver, False, new_context
-            )[0]
-            if model.config.centered_correction:  # as predict() applies it
-                end = end - (end - z0 - prior).mean(0)
-            return end
-
-        seen = [g for g in calibration if names[g.context] in model.flow_contexts] or calibration
-        model.correction_scale = choose_correction_scale(transport, seen, z_all, seed)
-        logger.info("correction scale chosen on %d held-out groups: %.2f", len(seen), model.correction_scale)
-        if held_contexts:
-            model.new_context_parts = choose_new_context_parts(
-                lambda *args: transport(*args, new_context=True),
-                [g for g in calibration if names[g.context] in held_contexts], z_all, names, seed,
-            )
-            logger.info("flow's correction in new contexts, chosen on held-out contexts: %s",
-                        ", ".join(f"{c}: {p}" for c, p in model.new_context_parts.items()))
+        model.correction_scale = choose_correction_scale(transport, calibration, z_all, seed)
+        logger.info("correction scale chosen on %d held-out groups: %.2f", len(calibration), model.correction_scale)
     model.flow = model.flow.cpu().eval()
     model.is_trained = True

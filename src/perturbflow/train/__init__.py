@@ -27,9 +27,10 @@ from perturbflow.train._groups import (
 from perturbflow.train._new_context import (
     NEW_CONTEXT_PARTS,
     apply_part,
-    choose_new_context_parts,
+    best_parts,
     contexts_to_hold_out,
     nearest_context,
+    new_context_scores,
 )
 from perturbflow.train._plan import FlowTrainingPlan
 from perturbflow.train._reflow import flow_couplings, reflow
@@ -41,12 +42,12 @@ __all__ = [
     "FlowTrainingPlan",
     "TrainingRun",
     "apply_part",
+    "best_parts",
     "build_flow",
     "build_groups",
     "calibration_split",
     "cells_by_group",
     "choose_correction_scale",
-    "choose_new_context_parts",
     "contexts_to_hold_out",
     "count_statistics",
     "decoded_shifts",
@@ -58,6 +59,7 @@ __all__ = [
     "is_main_process",
     "is_unfinished_run",
     "nearest_context",
+    "new_context_scores",
     "open_run",
     "reflow",
     "run_stage",

@@ -5,11 +5,11 @@ In a new cell type or line the flow runs under its learned null context, and whe
 correction helps there depends on the context (benchmarks/RESULTS.md, "flow parts in new
 contexts": its mean move helps the monocyte folds of Kang and costs the lymphocyte folds).
 So when the training data hold control cells of contexts without perturbed cells (the
-contexts a user will ask about) and enough measured contexts, the training context nearest to
-each new one (by the mean of its control latents) is held out of the flow's fit whole. The
-flow is then run there as in a new context, and each part of its correction is scored
-against the held-out context's real cells. A new context is given the choice of its nearest
-held-out context.
+contexts a user will ask about) and enough measured contexts, a probe flow is fitted without
+the training context nearest to each new one (by the mean of its control latents). The
+probe is run there as in a new context, and each part of its correction is scored against
+the held-out context's real cells. The flow that predicts is then fitted with every
+context, and a new context is given the choice of its nearest probed context.
 """
 
 from __future__ import annotations
@@ -68,19 +68,30 @@ def apply_part(base: np.ndarray, end: np.ndarray, part: str) -> np.ndarray:
     return end
 
 
-def choose_new_context_parts(
+def new_context_scores(
     transport: Transport, groups: Sequence[Group], z_all: np.ndarray, context_names: Sequence[str], seed: int
-) -> dict[str, str]:
-    """For each context of ``groups`` (held out of the flow's fit whole), the part of the
-    flow's correction whose prediction has the smallest mean latent energy distance to the
-    real cells of its groups, among ``NEW_CONTEXT_PARTS``."""
+) -> dict[str, dict[str, float]]:
+    """For each context of ``groups`` (held out of the flow's fit whole), the mean latent
+    energy distance between the real cells of its groups and their prediction with each
+    part of the flow's correction (``NEW_CONTEXT_PARTS``)."""
     rng = np.random.default_rng(seed)
-    scores: dict[str, np.ndarray] = {}
+    totals: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
     for g in groups:
         src = z_all[rng.choice(g.source_idx, min(len(g.source_idx), MAX_CELLS), replace=False)]
         tgt = z_all[rng.choice(g.target_idx, min(len(g.target_idx), MAX_CELLS), replace=False)]
         base, end = src + g.prior, transport(src, list(g.atom_ids), g.context, g.prior)
         row = np.array([energy_distance(apply_part(base, end, part), tgt) for part in NEW_CONTEXT_PARTS])
         name = context_names[g.context]
-        scores[name] = scores.get(name, 0.0) + row
-    return {c: NEW_CONTEXT_PARTS[int(np.argmin(np.round(s, 6)))] for c, s in scores.items()}
+        totals[name] = totals.get(name, 0.0) + row
+        counts[name] = counts.get(name, 0) + 1
+    return {c: {p: float(v / counts[c]) for p, v in zip(NEW_CONTEXT_PARTS, t)} for c, t in totals.items()}
+
+
+def best_parts(scores: dict[str, dict[str, float]]) -> dict[str, str]:
+    """The part with the smallest score in each context (ties go to the earlier part of
+    ``NEW_CONTEXT_PARTS``, "off" first)."""
+    return {
+        c: NEW_CONTEXT_PARTS[int(np.argmin(np.round([row[p] for p in NEW_CONTEXT_PARTS], 6)))]
+        for c, row in scores.items()
+    }
