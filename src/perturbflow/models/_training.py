@@ -155,8 +155,9 @@ def train_model(
         return end
 
     # In a context new to the flow, what of its correction to apply ("auto") is chosen with
-    # a probe: a flow fitted without the measured context nearest to each new one, run
-    # there under its null context. The flow that predicts is then fitted with it.
+    # a probe: a flow fitted on every training group but those of the measured context
+    # nearest to each new one, run there under its null context. The flow that predicts
+    # is then fitted with that context.
     held_contexts = []
     if model.config.new_context_flow == "auto" and model.config.residual_prior and not model.config.centered_correction:
         measured = {names[g.context] for g in train_groups + val_groups}
@@ -164,8 +165,7 @@ def train_model(
             {c: m for c, m in latent_controls.items() if c not in measured},
             {c: m for c, m in latent_controls.items() if c in measured},
         )
-    probe_fit = [f for f, g in zip(fit_groups, train_groups)
-                 if names[g.context] not in held_contexts and all(g is not c for c in calibration)]
+    probe_fit = [f for f, g in zip(fit_groups, train_groups) if names[g.context] not in held_contexts]
     if held_contexts and probe_fit:
         logger.info("probe flow without %s, for the flow's part in new contexts", ", ".join(held_contexts))
         probe_stage = run.stage("flow_probe") if run else None
