@@ -73,8 +73,9 @@ class PerturbFlowConfig:
         fitted without the measured context nearest to each new one, each part of its
         correction is scored there under the null context, and a new context gets the
         choice of its nearest probed context (``"off"`` otherwise). The probe is a second
-        flow fit. On the seven Kang folds (seed 0) it applied the mean on two, improving
-        both, and nothing on the others (benchmarks/RESULTS.md, "Session 7").
+        flow fit. On the seven Kang folds it applied the mean on two (FCGR3A+ monocytes:
+        better on both seeds measured; dendritic cells: better, then worse) and nothing on
+        the others (benchmarks/RESULTS.md, "Session 7").
     decode
         ``"delta"``: each predicted cell is its real source cell moved by the decoded change
         along its flow path (the decoder's reconstruction error cancels); ``"direct"``: the
