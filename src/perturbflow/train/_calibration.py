@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
@@ -17,15 +17,14 @@ MAX_CELLS = 256  # cells per group in the energy distances
 Transport = Callable[[np.ndarray, list[int], int, np.ndarray], np.ndarray]
 
 
-def calibration_split(groups: list[Group], seed: int, held_contexts: Sequence[int] = ()) -> list[Group]:
+def calibration_split(groups: list[Group], seed: int) -> list[Group]:
     """Training groups held out of the flow's fit to calibrate it: up to a fifth of them.
 
     Only groups like the ones a trained model can be asked for are held out: every atom of a
     held-out group stays in some group that is fitted (a combination whose atoms were each
     measured, a perturbation measured in another context), because prediction refuses
-    unseen atoms. The groups of ``held_contexts`` (context indices) are held out first,
-    whole, even beyond a fifth; the rest are drawn in random order. None are held out when
-    there are fewer than 5 groups or no group qualifies.
+    unseen atoms. Groups are drawn in random order; none are held out when there are fewer
+    than 5 groups or no group qualifies.
     """
     if len(groups) < 5:
         return []
@@ -33,15 +32,13 @@ def calibration_split(groups: list[Group], seed: int, held_contexts: Sequence[in
     n = max(1, len(groups) // 5)
     atoms_of = [{int(a) for a in g.atom_ids} for g in groups]
     fitted = Counter(a for atoms in atoms_of for a in atoms)  # groups holding each atom
-    first = [i for i in range(len(groups)) if groups[i].context in set(held_contexts)]
-    rest = [int(i) for i in rng.permutation(len(groups)) if int(i) not in first]
     held = []
-    for i in first + rest:
-        if len(held) >= n and i not in first:
-            break
+    for i in rng.permutation(len(groups)):
         if all(fitted[a] > 1 for a in atoms_of[i]):
-            held.append(i)
+            held.append(int(i))
             fitted.subtract(atoms_of[i])
+            if len(held) == n:
+                break
     return [groups[i] for i in sorted(held)]
 
 
