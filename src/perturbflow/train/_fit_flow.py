@@ -60,6 +60,25 @@ def build_flow(config, n_atoms: int) -> LatentFlowModule:
     )
 
 
+def flow_trainer(accelerator, devices, strategy, precision, progress_bar: bool, callbacks: list,
+                 **limits) -> pl.Trainer:
+    """The Lightning trainer of a flow fit (the flow, and its reflow): no logger, no
+    Lightning checkpoints (a run's come from its stage), ``precision=None`` for Lightning's
+    default; ``limits`` are the fit's step, epoch and validation bounds."""
+    return pl.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        **({} if precision is None else {"precision": precision}),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        **limits,
+    )
+
+
 def fit_flow(
     config,
     n_atoms: int,
@@ -115,18 +134,9 @@ def fit_flow(
     stage_kwargs = stage_trainer_kwargs(stage, "stage 2: flow", progress_bar, datasets)
     callbacks += stage_kwargs.pop("callbacks")  # after the EMA: a checkpoint holds each step's average
     ckpt_path = stage_kwargs.pop("ckpt_path", None)
-    trainer = pl.Trainer(
-        max_epochs=max_epochs or config.flow_max_epochs,
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        **({} if precision is None else {"precision": precision}),
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=progress_bar,
-        enable_model_summary=False,
-        callbacks=callbacks,
-        limit_val_batches=1.0 if val_groups else 0,
+    trainer = flow_trainer(
+        accelerator, devices, strategy, precision, progress_bar, callbacks,
+        max_epochs=max_epochs or config.flow_max_epochs, limit_val_batches=1.0 if val_groups else 0,
     )
     with warnings.catch_warnings():
         # the loader is resumable: StepCheckpoint puts it back where the checkpoint was taken

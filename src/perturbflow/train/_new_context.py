@@ -1,5 +1,5 @@
 """What of the flow's correction to apply in a context new to the flow, chosen on a training
-context held out of the flow's fit.
+context held out of a probe flow's fit.
 
 In a new cell type or line the flow runs under its learned null context, and whether its
 correction helps there depends on the context (benchmarks/RESULTS.md, "flow parts in new
@@ -33,18 +33,16 @@ Transport = Callable[[np.ndarray, list[int], int, np.ndarray], np.ndarray]
 def contexts_to_hold_out(new_means: dict[str, np.ndarray], measured_means: dict[str, np.ndarray]) -> list[str]:
     """The measured contexts nearest to the new ones (Euclidean distance between the means of
     their control latents), one per new context, at most a fifth of the measured contexts
-    (the new contexts with the most distinct neighbours first); none with fewer than
+    (taken in the order of the new contexts' names); none with fewer than
     ``MIN_CONTEXTS`` measured contexts or no new context."""
     if len(measured_means) < MIN_CONTEXTS or not new_means:
         return []
-    names = sorted(measured_means)
-    means = np.stack([measured_means[c] for c in names])
     held: list[str] = []
     for c in sorted(new_means):
-        nearest = names[int(np.argmin(((means - new_means[c]) ** 2).sum(1)))]
+        nearest = nearest_context(new_means[c], measured_means)
         if nearest not in held:
             held.append(nearest)
-    return held[: max(1, len(names) // MIN_CONTEXTS)]
+    return held[: max(1, len(measured_means) // MIN_CONTEXTS)]
 
 
 def nearest_context(mean: np.ndarray, candidates: dict[str, np.ndarray]) -> str | None:
@@ -71,7 +69,7 @@ def apply_part(base: np.ndarray, end: np.ndarray, part: str) -> np.ndarray:
 def new_context_scores(
     transport: Transport, groups: Sequence[Group], z_all: np.ndarray, context_names: Sequence[str], seed: int
 ) -> dict[str, dict[str, float]]:
-    """For each context of ``groups`` (held out of the flow's fit whole), the mean latent
+    """For each context of ``groups`` (held out of the probe flow's fit whole), the mean latent
     energy distance between the real cells of its groups and their prediction with each
     part of the flow's correction (``NEW_CONTEXT_PARTS``)."""
     rng = np.random.default_rng(seed)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -12,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from perturbflow.data import Group
 from perturbflow.data._pairing import pad_atoms
 from perturbflow.flow import LatentFlowModule
-from perturbflow.train._fit_flow import ema_callbacks
+from perturbflow.train._fit_flow import ema_callbacks, flow_trainer
 from perturbflow.train._plan import FlowTrainingPlan
 
 REFLOW_SETS = 4  # sets of control cells per group carried by the trained flow to make the couplings
@@ -117,19 +116,7 @@ def reflow(
     student = copy.deepcopy(flow).train()
     dataset = CouplingDataset(sets, max_steps * config.flow_batch_size, seed)
     callbacks = ema_callbacks(config)
-    trainer = pl.Trainer(
-        max_steps=max_steps,
-        max_epochs=1,
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        **({} if precision is None else {"precision": precision}),
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=progress_bar,
-        enable_model_summary=False,
-        callbacks=callbacks,
-        limit_val_batches=0,
-    )
+    trainer = flow_trainer(accelerator, devices, strategy, precision, progress_bar, callbacks,
+                           max_steps=max_steps, max_epochs=1, limit_val_batches=0)
     trainer.fit(FlowTrainingPlan(student, lr=config.flow_lr), DataLoader(dataset, batch_size=config.flow_batch_size))
     return student.cpu().eval()
