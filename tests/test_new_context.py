@@ -9,6 +9,7 @@ import pytest
 import perturbflow as pf
 from perturbflow.data import Group
 from perturbflow.train import (
+    GeneSpace,
     apply_part,
     best_parts,
     contexts_to_hold_out,
@@ -71,6 +72,32 @@ def test_the_part_that_predicts_the_held_out_context_best_is_chosen(truth, flow,
     scores = new_context_scores(transport, [g], z, ["held"], seed=0)
     assert set(scores["held"]) == {"off", "mean", "shape", "full"}
     assert best_parts(scores) == {"held": chosen}
+
+
+def test_gene_space_scores_are_the_latent_ones_when_decoding_is_a_rotation():
+    """Energy distance is unchanged by a rotation and a shift, and so is a PCA with every
+    component: scored through a "decoder" that rotates and shifts the latents, each part
+    scores exactly as it does on the latents."""
+    rng = np.random.default_rng(3)
+    g, z = _group(0, rng)
+    z[g.target_idx] += np.array([1.0, 0.0, -1.0, 0.5], dtype=np.float32)
+    rotation = np.linalg.qr(rng.normal(size=(4, 4)))[0]
+
+    def transport(z0, atom_ids, context, prior):
+        return z0 + prior + 0.3 * np.sin(z0)
+
+    genes = GeneSpace(real=lambda rows: z[rows] @ rotation + 2.0, predicted=lambda group, rows, z0, z1: z1 @ rotation + 2.0)
+    latent = new_context_scores(transport, [g], z, ["held"], seed=0)
+    decoded = new_context_scores(transport, [g], z, ["held"], seed=0, genes=genes)
+    for part in latent["held"]:
+        np.testing.assert_allclose(decoded["held"][part], latent["held"][part], rtol=1e-4)
+
+
+def test_a_part_is_kept_only_if_it_beats_off_on_both_halves_of_the_real_cells():
+    off = [1.0, 1.0, 1.0]
+    steady = {"off": off, "mean": [0.8, 0.85, 0.75], "shape": [1.2, 1.2, 1.2], "full": [0.9, 0.9, 0.9]}
+    lucky = {"off": off, "mean": [0.95, 0.7, 1.2], "shape": [1.2, 1.2, 1.2], "full": [1.1, 1.1, 1.1]}
+    assert best_parts({"a": steady, "b": lucky}) == {"a": "mean", "b": "off"}
 
 
 def test_auto_probes_the_nearest_measured_context_and_predicts_with_its_choice(tmp_path):

@@ -67,12 +67,9 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
                 continue
             prior = model.prior.prior(atom_set, c, ctrl_mean)
             base = z0_all[rows_c] + prior if model.config.residual_prior else z0_all[rows_c]
-            if model.config.gene_offset == "residual":  # each cell's own decoded change
-                gene_shift.append(model.residual_prior.prior(atom_set, c, ctrl_mean))
-                z_ref.append(z0_all[rows_c])
-            else:  # the gene-space baseline, and the decoded change from its latent end point
-                gene_shift.append(model.gene_prior.prior(atom_set, c, ctrl_mean))
-                z_ref.append(base)
+            ref, shift = gene_reference(model, atom_set, c, z0_all[rows_c], base, ctrl_mean)
+            z_ref.append(ref)
+            gene_shift.append(shift)
             mean_c = stats[: stats.shape[0] // 2].numpy()
             scale, part = model.correction_scale_in(c, mean_c), model.correction_part_in(c, mean_c)
             end, path = base, None  # no flow to run where none of its correction is kept
@@ -86,10 +83,7 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
             z_pred.append(base + scale * correction)
             applied[c] = scale
             parts[c] = part
-            if model.config.gene_offset == "residual" and model.config.cell_response < 1:
-                # the group's mean decoded change in gene space, each cell's own part scaled
-                mean_change = model.vae.log_change(z0_all[rows_c], z_pred[-1], library[rows_c]).mean(0)
-                gene_shift[-1] = gene_shift[-1] + (1 - model.config.cell_response) * mean_change
+            gene_shift[-1] = gene_shift[-1] + mean_response(model, z0_all[rows_c], z_pred[-1])
             shift_of_rows.append(np.full(len(rows_c), len(gene_shift) - 1))
             paths.append(path)
             src_rows.append(rows_c)
@@ -97,16 +91,8 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
     z_pred = np.concatenate(z_pred)
     src_rows = np.concatenate(src_rows)
     if model.config.decode == "delta" and method == "flow":
-        X, expected = model.vae.decode_delta(
-            np.concatenate(z_ref),
-            z_pred,
-            counts,
-            src_rows,
-            gene_shift=np.stack(gene_shift) if model.config.residual_prior else None,
-            shift_of_rows=np.concatenate(shift_of_rows),
-            seed=seed,
-            change_scale=model.config.cell_response if model.config.gene_offset == "residual" else 1.0,
-        )
+        X, expected = decode_moves(model, np.concatenate(z_ref), z_pred, counts, src_rows, gene_shift,
+                                   np.concatenate(shift_of_rows), seed)
     else:
         X, expected = model.vae.decode(z_pred, library[src_rows], seed=seed)
 
@@ -135,6 +121,41 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
     if return_path:
         pred.uns["perturbflow_paths"] = np.concatenate(paths, axis=1)
     return pred
+
+
+def gene_reference(model, atom_set, context, z0: np.ndarray, base: np.ndarray, ctrl_mean=None):
+    """Where a group's decoded change starts, and the gene-space shift added to it.
+
+    With ``gene_offset="residual"``: each cell's own decoded change from its control latent
+    ``z0``, plus what of the measured changes the latent does not carry. Otherwise: the
+    gene-space baseline, plus the decoded change from the baseline's latent end point ``base``.
+    """
+    if model.config.gene_offset == "residual":
+        return z0, model.residual_prior.prior(atom_set, context, ctrl_mean)
+    return base, model.gene_prior.prior(atom_set, context, ctrl_mean)
+
+
+def mean_response(model, z0: np.ndarray, z1: np.ndarray) -> np.ndarray | float:
+    """With ``cell_response < 1``, the share of the group's mean decoded change given to every
+    cell alike (each cell's own change is scaled down by as much); 0 otherwise."""
+    if model.config.gene_offset != "residual" or model.config.cell_response >= 1:
+        return 0.0
+    return (1 - model.config.cell_response) * model.vae.log_change(z0, z1).mean(0)
+
+
+def decode_moves(model, z_ref, z_pred, counts, rows, gene_shift, shift_of_rows, seed):
+    """The source cells ``rows`` of ``counts`` moved by the decoded change from ``z_ref`` to
+    ``z_pred`` and by ``gene_shift[shift_of_rows]``: integer and expected counts."""
+    return model.vae.decode_delta(
+        z_ref,
+        z_pred,
+        counts,
+        rows,
+        gene_shift=np.stack(gene_shift) if model.config.residual_prior else None,
+        shift_of_rows=shift_of_rows,
+        seed=seed,
+        change_scale=model.config.cell_response if model.config.gene_offset == "residual" else 1.0,
+    )
 
 
 def transport_sets(model, z0: np.ndarray, atom_ids, stats, prior, n_steps, solver, return_path, new_context):

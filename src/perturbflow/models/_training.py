@@ -8,15 +8,24 @@ import time
 
 import lightning.pytorch as pl
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from perturbflow._errors import PerturbFlowError
-from perturbflow.data import context_labels, get_counts, perturbation_atoms, split_labels
-from perturbflow.models._prediction import transport_sets
+from perturbflow.data import (
+    context_labels,
+    get_counts,
+    log_normalize_rows,
+    perturbation_atoms,
+    read_rows,
+    split_labels,
+)
+from perturbflow.models._prediction import decode_moves, gene_reference, mean_response, transport_sets
 from perturbflow.models._prior import BaselinePrior
 from perturbflow.models._transfer import ContextTransfer
 from perturbflow.nn import context_statistics
 from perturbflow.train import (
+    GeneSpace,
     best_parts,
     build_groups,
     calibration_split,
@@ -173,6 +182,7 @@ def train_model(
         model.new_context_scores = new_context_scores(
             lambda *args: transport(*args, new_context=True),
             [g for g in train_groups if names[g.context] in held_contexts], z_all, names, seed,
+            genes=probe_gene_space(model, get_counts(adata, reg.layer), names, seed),
         )
         model.new_context_parts = best_parts(model.new_context_scores)
         logger.info("flow's part in new contexts, chosen on held-out contexts: %s",
@@ -193,3 +203,22 @@ def train_model(
         logger.info("correction scale chosen on %d held-out groups: %.2f", len(calibration), model.correction_scale)
     model.flow = model.flow.cpu().eval()
     model.is_trained = True
+
+
+def probe_gene_space(model, counts, context_names, seed) -> GeneSpace:
+    """The probe's parts scored on log-normalised expression: each source cell decoded as
+    :meth:`~perturbflow.PerturbFlow.predict` decodes it, its expected counts normalised as the
+    protocol normalises a prediction."""
+
+    def predicted(group, rows, z0, z1):
+        atom_set = frozenset(model.atoms[int(i) - 1] for i in group.atom_ids if i > 0)
+        ref, shift = gene_reference(model, atom_set, context_names[group.context], z0, z0 + group.prior)
+        shift = shift + mean_response(model, z0, z1)
+        expected = decode_moves(model, ref, z1, counts, rows, [shift], np.zeros(len(rows), dtype=int), seed)[1]
+        return log_normalize_rows(expected)
+
+    def real(rows):
+        block = log_normalize_rows(read_rows(counts, rows))
+        return block.toarray() if sp.issparse(block) else block
+
+    return GeneSpace(real=real, predicted=predicted)

@@ -26,6 +26,7 @@ from perturbflow.train._groups import (
 )
 from perturbflow.train._new_context import (
     NEW_CONTEXT_PARTS,
+    GeneSpace,
     apply_part,
     best_parts,
     contexts_to_hold_out,
@@ -40,6 +41,7 @@ __all__ = [
     "DEFAULT_EVERY_N_STEPS",
     "NEW_CONTEXT_PARTS",
     "FlowTrainingPlan",
+    "GeneSpace",
     "TrainingRun",
     "apply_part",
     "best_parts",
