@@ -70,7 +70,7 @@ def test_the_part_that_predicts_the_held_out_context_best_is_chosen(truth, flow,
         return end
 
     scores = new_context_scores(transport, [g], z, ["held"], seed=0)
-    assert set(scores["held"]) == {"off", "mean", "shape", "full"}
+    assert set(scores["held"]) == {"latent"} and set(scores["held"]["latent"]) == {"off", "mean", "shape", "full"}
     assert best_parts(scores) == {"held": chosen}
 
 
@@ -89,15 +89,24 @@ def test_gene_space_scores_are_the_latent_ones_when_decoding_is_a_rotation():
     genes = GeneSpace(real=lambda rows: z[rows] @ rotation + 2.0, predicted=lambda group, rows, z0, z1: z1 @ rotation + 2.0)
     latent = new_context_scores(transport, [g], z, ["held"], seed=0)
     decoded = new_context_scores(transport, [g], z, ["held"], seed=0, genes=genes)
-    for part in latent["held"]:
-        np.testing.assert_allclose(decoded["held"][part], latent["held"][part], rtol=1e-4)
+    for part in latent["held"]["latent"]:
+        np.testing.assert_allclose(decoded["held"]["genes"][part], latent["held"]["latent"][part], rtol=1e-4)
+        np.testing.assert_allclose(decoded["held"]["latent"][part], latent["held"]["latent"][part])
 
 
-def test_a_part_is_kept_only_if_it_beats_off_on_both_halves_of_the_real_cells():
+def test_a_part_is_kept_only_if_it_beats_off_on_both_halves_and_in_both_spaces():
     off = [1.0, 1.0, 1.0]
     steady = {"off": off, "mean": [0.8, 0.85, 0.75], "shape": [1.2, 1.2, 1.2], "full": [0.9, 0.9, 0.9]}
     lucky = {"off": off, "mean": [0.95, 0.7, 1.2], "shape": [1.2, 1.2, 1.2], "full": [1.1, 1.1, 1.1]}
-    assert best_parts({"a": steady, "b": lucky}) == {"a": "mean", "b": "off"}
+    latent_agrees = {"off": off, "mean": [0.9, 0.9, 0.9], "shape": off, "full": off}
+    latent_disagrees = {"off": off, "mean": [1.1, 1.1, 1.1], "shape": off, "full": off}
+    assert best_parts({"a": {"latent": steady}, "b": {"latent": lucky}}) == {"a": "mean", "b": "off"}
+    scores = {
+        "a": {"genes": steady, "latent": latent_agrees},
+        "b": {"genes": lucky, "latent": latent_agrees},
+        "c": {"genes": steady, "latent": latent_disagrees},
+    }
+    assert best_parts(scores) == {"a": "mean", "b": "off", "c": "off"}
 
 
 def test_auto_probes_the_nearest_measured_context_and_predicts_with_its_choice(tmp_path):
@@ -119,7 +128,8 @@ def test_auto_probes_the_nearest_measured_context_and_predicts_with_its_choice(t
     assert held == nearest_context(means[new], {c: m for c, m in means.items() if c not in (new,)})
     # the probe flow was fitted without it; the flow that predicts, with it
     assert held in model.flow_contexts and new not in model.flow_contexts
-    assert set(model.new_context_scores[held]) == {"off", "mean", "shape", "full"}
+    assert set(model.new_context_scores[held]) == {"latent", "genes"}
+    assert set(model.new_context_scores[held]["genes"]) == {"off", "mean", "shape", "full"}
     choice = model.new_context_parts[held]
     assert choice in ("off", "mean", "shape", "full") and model.new_context_choice(new) == choice
 

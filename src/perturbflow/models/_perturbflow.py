@@ -93,7 +93,7 @@ class PerturbFlow:
         self.context_stats: dict[str, list[float]] = {}
         self.flow_contexts: list[str] = []  # contexts with perturbed cells in the flow's fit
         self.new_context_parts: dict[str, str] = {}  # held-out context -> its part, for "auto"
-        self.new_context_scores: dict[str, dict[str, list[float]]] = {}  # each part's gene-space energy: all, halves
+        self.new_context_scores: dict = {}  # {context: {space: {part: energy: all cells, halves}}}
 
     # ------------------------------------------------------------------ setup
     @classmethod

@@ -8,10 +8,10 @@ So when the training data hold control cells of contexts without perturbed cells
 contexts a user will ask about) and enough measured contexts, a probe flow is fitted without
 the training context nearest to each new one (by the mean of its control latents). The
 probe is run there as in a new context, and each part of its correction is scored against
-the held-out context's real cells, in gene space as the protocol scores a prediction; a part
-is kept only if it beats "off" on both halves of those cells as well. The flow that predicts
-is then fitted with every context, and a new context is given the choice of its nearest
-probed context.
+the held-out context's real cells, in gene space as the protocol scores a prediction and in
+latent space; a part is kept only if it beats "off" in both, and on both halves of the real
+cells in gene space. The flow that predicts is then fitted with every context, and a new
+context is given the choice of its nearest probed context.
 """
 
 from __future__ import annotations
@@ -91,53 +91,62 @@ def new_context_scores(
     context_names: Sequence[str],
     seed: int,
     genes: GeneSpace | None = None,
-) -> dict[str, dict[str, list[float]]]:
+) -> dict[str, dict[str, dict[str, list[float]]]]:
     """For each context of ``groups`` (held out of the probe flow's fit whole), how well each
     part of the flow's correction (``NEW_CONTEXT_PARTS``) predicts its real cells.
 
-    Each score is ``[whole, half a, half b]``: the energy distance between the predicted cells
-    and all real perturbed cells of the group, then each of two random halves of them (the
-    halves tell a real difference between parts from the sampling noise of the real cells),
-    averaged over the context's groups. With ``genes`` the distance is taken as the protocol
-    takes it (benchmarks/quality.py): on log-normalised expression, decoded as prediction
-    decodes it, in ``N_PCS`` principal components of the group's real cells. Without, on the
-    latents.
+    Returns ``{context: {space: {part: [whole, half a, half b]}}}``: the energy distance
+    between the predicted cells and all real perturbed cells of the group, then each of two
+    random halves of them (the halves tell a real difference between parts from the sampling
+    noise of the real cells), averaged over the context's groups. Space ``"latent"``: on the
+    latents. Space ``"genes"`` (with ``genes``): as the protocol scores a prediction
+    (benchmarks/quality.py), on log-normalised expression decoded as prediction decodes it,
+    in ``N_PCS`` principal components of the group's real cells.
     """
     rng = np.random.default_rng(seed)
-    totals: dict[str, np.ndarray] = {}
+    totals: dict[str, dict[str, np.ndarray]] = {}
     counts: dict[str, int] = {}
     for g in groups:
         src_rows = rng.choice(g.source_idx, min(len(g.source_idx), MAX_CELLS), replace=False)
         tgt_rows = rng.choice(g.target_idx, min(len(g.target_idx), MAX_CELLS), replace=False)
         src = z_all[src_rows]
         base, end = src + g.prior, transport(src, list(g.atom_ids), g.context, g.prior)
-        predicted = [apply_part(base, end, part) for part in NEW_CONTEXT_PARTS]
-        tgt = z_all[tgt_rows]
+        predicted = {"latent": ([apply_part(base, end, part) for part in NEW_CONTEXT_PARTS], z_all[tgt_rows])}
+        halves = np.array_split(rng.permutation(len(tgt_rows)), 2)
         if genes is not None:
-            real_src, tgt = genes.real(src_rows), genes.real(tgt_rows)
-            pca = PCA(n_components=min(N_PCS, len(src_rows) + len(tgt_rows) - 1, tgt.shape[1]), random_state=seed)
-            pca.fit(np.concatenate([real_src, tgt]))
-            predicted = [pca.transform(genes.predicted(g, src_rows, src, z)) for z in predicted]
-            tgt = pca.transform(tgt)
-        halves = np.array_split(rng.permutation(len(tgt)), 2)
-        row = np.array([[energy_distance(z, t) for t in (tgt, tgt[halves[0]], tgt[halves[1]])] for z in predicted])
+            real_src, real_tgt = genes.real(src_rows), genes.real(tgt_rows)
+            n_pcs = min(N_PCS, len(src_rows) + len(tgt_rows) - 1, real_tgt.shape[1])
+            pca = PCA(n_components=n_pcs, random_state=seed).fit(np.concatenate([real_src, real_tgt]))
+            decoded = [pca.transform(genes.predicted(g, src_rows, src, z)) for z in predicted["latent"][0]]
+            predicted["genes"] = (decoded, pca.transform(real_tgt))
         name = context_names[g.context]
-        totals[name] = totals.get(name, 0.0) + row
+        for space, (parts, tgt) in predicted.items():
+            row = np.array([[energy_distance(z, t) for t in (tgt, tgt[halves[0]], tgt[halves[1]])] for z in parts])
+            totals.setdefault(name, {})[space] = totals.get(name, {}).get(space, 0.0) + row
         counts[name] = counts.get(name, 0) + 1
     return {
-        c: {p: (v / counts[c]).tolist() for p, v in zip(NEW_CONTEXT_PARTS, t)} for c, t in totals.items()
+        c: {space: {p: (v / counts[c]).tolist() for p, v in zip(NEW_CONTEXT_PARTS, t)} for space, t in spaces.items()}
+        for c, spaces in totals.items()
     }
 
 
-def best_parts(scores: dict[str, dict[str, list[float]]]) -> dict[str, str]:
-    """The part with the smallest whole score in each context, kept only if it also beats
-    "off" on both halves of the real cells; otherwise "off" (ties go to the earlier part of
-    ``NEW_CONTEXT_PARTS``, "off" first)."""
+def best_parts(scores: dict[str, dict[str, dict[str, list[float]]]]) -> dict[str, str]:
+    """The part to apply in each context: the one with the smallest whole score in gene space
+    (in latent space when there is none), if it also beats "off" on both halves of the real
+    cells there and on the whole score in latent space; "off" otherwise. Ties go to the
+    earlier part of ``NEW_CONTEXT_PARTS``, "off" first.
+
+    Requiring both spaces to agree keeps the flow off where they disagree: on the Kang folds
+    each space alone applied it to some cell types where it then cost accuracy
+    (benchmarks/RESULTS.md, "Session 8").
+    """
     chosen = {}
-    for c, row in scores.items():
+    for c, spaces in scores.items():
+        row = spaces.get("genes", spaces["latent"])
         whole = np.round([row[p][0] for p in NEW_CONTEXT_PARTS], 6)
         best = NEW_CONTEXT_PARTS[int(np.argmin(whole))]
         off = row["off"]
         both_halves = all(row[best][i] < off[i] for i in (1, 2))
-        chosen[c] = best if best == "off" or both_halves else "off"
+        in_latent = spaces["latent"][best][0] < spaces["latent"]["off"][0]
+        chosen[c] = best if best != "off" and both_halves and in_latent else "off"
     return chosen
