@@ -71,13 +71,13 @@ class PerturbFlowConfig:
         cell moves around it), ``"full"``, or ``"auto"``: when the training data hold
         control cells of new contexts and at least 5 measured contexts, a probe flow is
         fitted without the measured context nearest to each new one, each part of its
-        correction is scored there under the null context (decoded, on the 30 principal
-        components of the real cells, as the benchmarks score predictions; a part other
-        than ``"off"`` must also beat it on both halves of the real cells), and a new
-        context gets the choice of its nearest probed context (``"off"`` otherwise). The
-        probe is a second flow fit. On the Kang myeloid folds over two seeds it applied the
-        mean on 4 runs of 6: FCGR3A+ monocytes twice (energy excess -20% and -23%),
-        dendritic cells once (-14%), CD14+ monocytes once (+2%) (benchmarks/RESULTS.md,
+        correction is scored there under the null context, and a new context gets the
+        choice of its nearest probed context (``"off"`` otherwise). A part is chosen only
+        if it beats ``"off"`` both on decoded expression (30 principal components of the
+        real cells, as the benchmarks score predictions; on both halves of the real cells
+        too) and on the latents. The probe is a second flow fit. Over 10 Kang fold-runs it
+        applied the mean 3 times, each a gain (FCGR3A+ monocytes: energy excess -20% and
+        -23%; dendritic cells: -14%), and nothing elsewhere (benchmarks/RESULTS.md,
         "Session 8").
     decode
         ``"delta"``: each predicted cell is its real source cell moved by the decoded change
