@@ -75,10 +75,9 @@ class PerturbFlowConfig:
         choice of its nearest probed context (``"off"`` otherwise). A part is chosen only
         if it beats ``"off"`` both on decoded expression (30 principal components of the
         real cells, as the benchmarks score predictions; on both halves of the real cells
-        too) and on the latents. The probe is a second flow fit. Over 10 Kang fold-runs it
-        applied the mean 3 times, each a gain (FCGR3A+ monocytes: energy excess -20% and
-        -23%; dendritic cells: -14%), and nothing elsewhere (benchmarks/RESULTS.md,
-        "Session 8").
+        too) and on the latents. The probe is a second flow fit. Over 13 Kang fold-runs it
+        applied the mean 5 times: 4 gains (energy excess -14% to -26%) and one level
+        (+0.5%); nothing elsewhere (benchmarks/RESULTS.md, "Session 8").
     decode
         ``"delta"``: each predicted cell is its real source cell moved by the decoded change
         along its flow path (the decoder's reconstruction error cancels); ``"direct"``: the
