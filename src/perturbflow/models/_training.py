@@ -8,19 +8,24 @@ import time
 
 import lightning.pytorch as pl
 import numpy as np
-import scipy.sparse as sp
 import torch
 
 from perturbflow._errors import PerturbFlowError
 from perturbflow.data import (
     context_labels,
     get_counts,
+    log_normalize,
     log_normalize_rows,
     perturbation_atoms,
     read_rows,
     split_labels,
 )
-from perturbflow.models._prediction import decode_moves, gene_reference, mean_response, transport_sets
+from perturbflow.models._prediction import (
+    decode_moves,
+    gene_reference,
+    mean_response,
+    transport_sets,
+)
 from perturbflow.models._prior import BaselinePrior
 from perturbflow.models._transfer import ContextTransfer
 from perturbflow.nn import context_statistics
@@ -217,8 +222,4 @@ def probe_gene_space(model, counts, context_names, seed) -> GeneSpace:
         expected = decode_moves(model, ref, z1, counts, rows, [shift], np.zeros(len(rows), dtype=int), seed)[1]
         return log_normalize_rows(expected)
 
-    def real(rows):
-        block = log_normalize_rows(read_rows(counts, rows))
-        return block.toarray() if sp.issparse(block) else block
-
-    return GeneSpace(real=real, predicted=predicted)
+    return GeneSpace(real=lambda rows: log_normalize(read_rows(counts, rows)), predicted=predicted)

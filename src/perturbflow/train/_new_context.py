@@ -120,9 +120,10 @@ def new_context_scores(
             decoded = [pca.transform(genes.predicted(g, src_rows, src, z)) for z in predicted["latent"][0]]
             predicted["genes"] = (decoded, pca.transform(real_tgt))
         name = context_names[g.context]
+        spaces = totals.setdefault(name, {})
         for space, (parts, tgt) in predicted.items():
             row = np.array([[energy_distance(z, t) for t in (tgt, tgt[halves[0]], tgt[halves[1]])] for z in parts])
-            totals.setdefault(name, {})[space] = totals.get(name, {}).get(space, 0.0) + row
+            spaces[space] = spaces.get(space, 0.0) + row
         counts[name] = counts.get(name, 0) + 1
     return {
         c: {space: {p: (v / counts[c]).tolist() for p, v in zip(NEW_CONTEXT_PARTS, t)} for space, t in spaces.items()}
