@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +33,19 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tasks import RESULTS_DIR, save_results
+from tasks import RESULTS_DIR, parse_config, save_results
+from timers import Timers
 
 import perturbflow as pf
 from perturbflow.nn import CountVAE
 
 
-def synthetic_model(n_cells: int, n_genes: int, backbone: str, seed: int = 0, model_dir: Path | None = None):
+def synthetic_model(n_cells: int, n_genes: int, backbone: str, seed: int = 0, model_dir: Path | None = None,
+                    config: dict | None = None):
     """A model trained briefly on synthetic data, and ``n_cells`` control cells to predict from.
 
-    With ``model_dir``, the model is loaded from there when it exists, else saved there.
+    With ``model_dir``, the model is loaded from there when it exists, else saved there;
+    ``config`` holds ``PerturbFlowConfig`` overrides.
     """
     n_contexts = 2
     adata = pf.datasets.synthetic(
@@ -60,41 +62,15 @@ def synthetic_model(n_cells: int, n_genes: int, backbone: str, seed: int = 0, mo
     if model_dir is not None and model_dir.exists():
         model = pf.PerturbFlow.load(model_dir)
     else:
-        model = pf.PerturbFlow(adata, backbone=backbone, flow_steps_per_epoch=25)
+        model = pf.PerturbFlow(adata, backbone=backbone, **{"flow_steps_per_epoch": 25, **(config or {})})
         model.train(max_epochs=4, progress_bar=False, seed=seed)
         if model_dir is not None:
             model.save(model_dir)
     model.correction_scale = 1.0  # the flow runs for every cell (see the module docstring)
     model.flow_contexts = sorted(model.contexts)
     controls = adata[is_control].copy()
-    perturbation = sorted(p for p in adata.obs["perturbation"].unique() if "+" in p and p != "control")[0]
+    perturbation = min(p for p in adata.obs["perturbation"].unique() if "+" in p and p != "control")
     return model, controls, perturbation
-
-
-class Timers:
-    """Wall time spent inside wrapped methods, by name."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = defaultdict(float)
-        self._undo = []
-
-    def wrap(self, owner, name: str, label: str) -> None:
-        original = getattr(owner, name)
-
-        def timed(*args, **kwargs):
-            start, cpu = time.perf_counter(), time.process_time()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.seconds[label] += time.perf_counter() - start
-                self.seconds[label[:-2] + "_cpu_s"] += time.process_time() - cpu
-
-        setattr(owner, name, timed)
-        self._undo.append((owner, name, original))
-
-    def restore(self) -> None:
-        for owner, name, original in reversed(self._undo):
-            setattr(owner, name, original)
 
 
 def time_predict(model, controls, perturbation, n_steps, solver, repeats):
@@ -153,16 +129,19 @@ def main() -> None:
     parser.add_argument("--no-scvi", action="store_true", help="skip scVI's reference timing")
     parser.add_argument("--model-dir", type=Path, help="reuse (or save) the trained model here")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "predict_speed.csv")
+    parser.add_argument("--config", nargs="*", default=[], help="PerturbFlowConfig overrides, KEY=VALUE")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model, controls, perturbation = synthetic_model(args.cells, args.genes, args.backbone, model_dir=args.model_dir)
+    model, controls, perturbation = synthetic_model(args.cells, args.genes, args.backbone, model_dir=args.model_dir,
+                                                  config=parse_config(args.config))
     torch.set_num_threads(args.threads)
     rows = []
     for setting in args.settings:
         solver, n_steps = setting.split(":")
         res = time_predict(model, controls, perturbation, int(n_steps), solver, args.repeats)
         rows.append({"cells": controls.n_obs, "genes": controls.n_vars, "backbone": args.backbone,
+                     "config": " ".join(args.config),
                      "solver": solver, "n_steps": int(n_steps), "threads": args.threads, **res})
         print({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
         save_results(pd.DataFrame(rows), args.out)  # after every setting, so a cut-short run keeps its rows

@@ -203,10 +203,15 @@ def test_flow_ema_update_pickles_and_matches_torch():
     """``ddp_spawn`` pickles the trainer's callbacks; the EMA update must survive it unchanged."""
     import pickle
 
-    from torch.optim.swa_utils import get_ema_avg_fn
+    from torch.optim.swa_utils import get_ema_multi_avg_fn
 
     from perturbflow.train._fit_flow import EMAUpdate
 
     update = pickle.loads(pickle.dumps(EMAUpdate(0.9)))
-    ema, current = torch.randn(5), torch.randn(5)
-    torch.testing.assert_close(update(ema, current, 3), get_ema_avg_fn(0.9)(ema, current, 3), rtol=0, atol=0)
+    ema, current = [torch.randn(5), torch.randn(3, 2)], [torch.randn(5), torch.randn(3, 2)]
+    expected = [e.clone() for e in ema]
+    get_ema_multi_avg_fn(0.9)(expected, current, 3)
+    update(ema, current, 3)
+    for got, want, now in zip(ema, expected, current):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        assert not torch.equal(got, now)

@@ -42,7 +42,10 @@ class PerturbFlowConfig:
     flow_steps_per_epoch
         Training steps of the flow per epoch.
     flow_max_epochs
-        Epochs of the flow when ``train`` is given no epochs.
+        Epochs of the flow when ``train`` is given no epochs (20, i.e. 1,000 steps; with the
+        ``mlp`` backbone's default width of 128 the flow trains about 8x cheaper than at
+        40 epochs and width 256, at the same quality over the Kang folds:
+        benchmarks/RESULTS.md, "Session 9").
     flow_lr
         Learning rate of the flow.
     ema_decay
@@ -119,7 +122,7 @@ class PerturbFlowConfig:
     coupling: Literal["ot", "random"] = "ot"
     flow_batch_size: int = 8
     flow_steps_per_epoch: int = 50
-    flow_max_epochs: int = 40
+    flow_max_epochs: int = 20
     flow_lr: float = 1e-3
     ema_decay: float = 0.995
     residual_prior: bool = True
