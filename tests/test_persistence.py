@@ -127,23 +127,3 @@ def test_overwrite_replaces_the_folder_only_when_complete(trained_model, saved, 
     loaded = pf.PerturbFlow.load(folder)
     for key, value in trained_model.flow.state_dict().items():
         assert torch.equal(value, loaded.flow.state_dict()[key])
-
-
-def test_flow_saved_at_the_former_default_width_still_loads(saved, tmp_path, controls):
-    """Folders whose ``mlp`` flow was saved at the former default width (256) load at that
-    width, though their description does not name it."""
-    from perturbflow.train._fit_flow import build_flow
-
-    folder = tmp_path / "wide_model"
-    shutil.copytree(saved, folder)
-    meta = json.loads((folder / "perturbflow.json").read_text())
-    assert meta["config"]["backbone"] == "mlp" and "d_model" not in meta["config"]["backbone_kwargs"]
-    config = pf.PerturbFlowConfig(**{**meta["config"], "backbone_kwargs": {"d_model": 256}})
-    wide = build_flow(config, len(meta["atoms"]))
-    torch.save(wide.state_dict(), folder / "flow.pt")
-    model = pf.PerturbFlow.load(folder)
-    assert model.flow.backbone.inp.out_features == 256
-    for name, value in model.flow.state_dict().items():
-        torch.testing.assert_close(value, wide.state_dict()[name])
-    pred = model.predict(controls[:20], perturbations=["G0"], seed=0)
-    assert pred.n_obs == 20

@@ -42,7 +42,7 @@ class MLPBackbone(nn.Module):
         self,
         n_latent: int,
         n_cond: int,
-        d_model: int = 128,
+        d_model: int = 256,
         depth: int = 4,
         dropout_rate: float = 0.0,
     ):

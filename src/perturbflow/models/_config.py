@@ -42,10 +42,10 @@ class PerturbFlowConfig:
     flow_steps_per_epoch
         Training steps of the flow per epoch.
     flow_max_epochs
-        Epochs of the flow when ``train`` is given no epochs (20, i.e. 1,000 steps; with the
-        ``mlp`` backbone's default width of 128 the flow trains about 8x cheaper than at
-        40 epochs and width 256, at the same quality over the Kang folds:
-        benchmarks/RESULTS.md, "Session 9").
+        Epochs of the flow when ``train`` is given no epochs. Half of them with the ``mlp``
+        backbone at width 128 (``backbone_kwargs={"d_model": 128}``) trains the whole model
+        2.3x faster, but the flow's mean move in a new cell type then helped less often
+        (benchmarks/RESULTS.md, "Session 9"), so it is not the default.
     flow_lr
         Learning rate of the flow.
     ema_decay
@@ -122,7 +122,7 @@ class PerturbFlowConfig:
     coupling: Literal["ot", "random"] = "ot"
     flow_batch_size: int = 8
     flow_steps_per_epoch: int = 50
-    flow_max_epochs: int = 20
+    flow_max_epochs: int = 40
     flow_lr: float = 1e-3
     ema_decay: float = 0.995
     residual_prior: bool = True

@@ -127,24 +127,10 @@ def read_model(cls, path: Path):
         state = torch.load(path / FLOW_FILE, map_location="cpu", weights_only=True)
         state.setdefault("null_context", torch.zeros_like(model.flow.null_context))  # saved before it existed
     with _reading(path, "the flow weights do not match the model description", FLOW_FILE):
-        _keep_saved_mlp_width(model, state)
         model.flow.load_state_dict(state)
     model.flow.eval()
     model.is_trained = True
     return model
-
-
-def _keep_saved_mlp_width(model, state: dict) -> None:
-    """Rebuild the flow at the width of its saved weights when the ``mlp`` backbone was saved
-    at the default width of an earlier version (256; 128 since the flow was made cheaper),
-    which the saved model description does not name."""
-    saved = state.get("backbone.inp.weight")
-    config = model.config
-    if config.backbone != "mlp" or "d_model" in config.backbone_kwargs or saved is None:
-        return
-    if saved.shape[0] != model.flow.backbone.inp.out_features:
-        config.backbone_kwargs = {**config.backbone_kwargs, "d_model": int(saved.shape[0])}
-        model.flow = build_flow(config, len(model.atoms))
 
 
 def _metadata(model) -> dict:
