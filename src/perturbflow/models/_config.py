@@ -44,8 +44,9 @@ class PerturbFlowConfig:
     flow_max_epochs
         Epochs of the flow when ``train`` is given no epochs. Half of them with the ``mlp``
         backbone at width 128 (``backbone_kwargs={"d_model": 128}``) trains the whole model
-        2.3x faster, but the flow's mean move in a new cell type then helped less often
-        (benchmarks/RESULTS.md, "Session 9"), so it is not the default.
+        about 2x faster (Norman: 67 s against 116-132 s), but the flow's mean move in a new
+        cell type then helped less often, at 1,000 steps or 2,000 (benchmarks/RESULTS.md,
+        "Session 9"), so it is not the default.
     flow_lr
         Learning rate of the flow.
     ema_decay
