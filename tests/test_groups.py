@@ -47,3 +47,22 @@ def test_gene_space_shifts_are_group_means_minus_their_context_controls(cells) -
     np.testing.assert_allclose(shifts[(frozenset({"A"}), "x")], logx[[2, 3]].mean(0) - logx[[0, 1]].mean(0))
     np.testing.assert_allclose(shifts[(frozenset({"A"}), "y")], logx[7] - logx[6])
     np.testing.assert_allclose(shifts[(frozenset({"C"}), "x")], logx[5] - logx[[0, 1]].mean(0))
+
+
+def test_context_axes_are_orthonormal_principal_axes_of_each_context():
+    import scipy.sparse as sp
+    from sklearn.decomposition import PCA
+
+    from perturbflow.data import log_normalize
+    from perturbflow.train import context_axes
+
+    rng = np.random.default_rng(0)
+    counts = sp.csr_matrix(rng.poisson(2.0, size=(60, 12)).astype(np.float32))
+    rows = {"a": np.arange(0, 40), "b": np.arange(40, 60), "tiny": np.array([0, 1])}
+    axes = context_axes(counts, rows, seed=0, n_axes=5, max_cells=40)
+    assert set(axes) == {"a", "b"}  # fewer than 3 cells: no axes
+    assert axes["a"].shape == (5, 12)
+    assert np.allclose(axes["a"] @ axes["a"].T, np.eye(5), atol=1e-5)
+    reference = PCA(5, random_state=0).fit(log_normalize(counts[40:60])).components_
+    assert np.allclose(np.abs(axes["b"] @ reference.T), np.eye(5), atol=1e-4)  # the same axes, up to sign
+    assert context_axes(counts, rows, seed=0, n_axes=5, max_cells=10)["a"].shape == (5, 12)  # a sample of 10

@@ -126,3 +126,39 @@ def test_prior_uses_the_transfer_and_survives_save_and_load(tmp_path):
     loaded = BaselinePrior.load(tmp_path / "p.npz")
     assert np.allclose(loaded.prior(P, "c0"), near)
     assert loaded.transfer.bandwidth == pytest.approx(0.1)
+
+
+def test_bandwidth_is_chosen_near_each_context():
+    # a and b lie near x, c near y; near x the plain weights predicted better, near y the narrow ones
+    means = {"a": np.zeros(2), "b": np.array([0.1, 0.0]), "c": np.array([5.0, 5.0])}
+    local = {np.inf: {"a": 1.0, "b": 1.0, "c": 10.0}, 0.1: {"a": 2.0, "b": 2.0, "c": 0.0}}
+    t = ContextTransfer(means, bandwidth=0.1, local_errors=local)
+    assert np.isinf(t.bandwidth_in("x", np.array([0.05, 0.0])))
+    assert t.bandwidth_in("y", np.array([5.0, 5.1])) == 0.1
+    assert t.bandwidth_in("x", np.array([0.05, 0.0])) != min(local, key=lambda h: np.mean(list(local[h].values())))
+    assert ContextTransfer(means, bandwidth=0.25).bandwidth_in("x", np.zeros(2)) == 0.25  # no local errors
+
+
+def test_errors_in_every_axis_are_the_squared_error_over_all_genes():
+    means, shifts = _line_of_contexts()
+    genes = len(means["c0"])
+    axes = {c: np.eye(genes) for c in means}
+    chosen, scores = ContextTransfer.select(shifts, {k: 10 for k in shifts}, means, axes=axes)
+    assert list(chosen.local_errors) == list(scores)  # every bandwidth of the grid, in its order
+    for h, errors in chosen.local_errors.items():
+        assert set(errors) == set(means)
+        assert np.mean(list(errors.values())) / genes == pytest.approx(scores[h])  # one group per context
+
+
+def test_bandwidth_chosen_near_each_context_survives_save_and_load(tmp_path):
+    means, shifts = _line_of_contexts()
+    axes = {c: np.eye(len(means["c0"]))[:5] for c in means}
+    chosen, _ = ContextTransfer.select(shifts, {k: 10 for k in shifts}, means, axes=axes)
+    prior = BaselinePrior(shifts, {k: 10 for k in shifts}, chosen)
+    new = prior.prior(P, "new", control_mean=means["c4"] + 0.01)
+    prior.save(tmp_path / "p.npz")
+    loaded = BaselinePrior.load(tmp_path / "p.npz")
+    assert list(loaded.transfer.local_errors) == list(chosen.local_errors)
+    for h, errors in chosen.local_errors.items():
+        assert loaded.transfer.local_errors[h] == pytest.approx(errors)
+    assert np.allclose(loaded.prior(P, "new", control_mean=means["c4"] + 0.01), new)

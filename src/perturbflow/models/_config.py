@@ -59,6 +59,14 @@ class PerturbFlowConfig:
         latent mean shift, so the flow learns how each cell moves around the mean shift, its
         state-dependent part) or ``"leave_out"`` (the baseline computed without the group, so
         the flow also learns to correct the baseline's mean).
+    context_bandwidth
+        How similar contexts weigh when a perturbation's effect is carried to another context
+        (see ``perturbflow.models._transfer``): ``"local"`` (the kernel's bandwidth chosen for
+        each context from the cross-validated errors of the training contexts near it, in
+        their cells' principal axes; with 3 or more measured contexts) or ``"global"`` (one
+        bandwidth for all contexts, chosen on the squared error over all genes; sessions
+        5-9). On the Kang folds ``"local"`` cut the transferred mean's error along the
+        energy's axes by 17% (benchmarks/RESULTS.md, "Session 10").
     context_dropout
         Share of training sets whose context encoding is replaced by a learned null context,
         which stands in for a context new to the flow at prediction.
@@ -128,6 +136,7 @@ class PerturbFlowConfig:
     ema_decay: float = 0.995
     residual_prior: bool = True
     flow_prior: Literal["own", "leave_out"] = "own"
+    context_bandwidth: Literal["local", "global"] = "local"
     context_dropout: float = 0.2
     centered_correction: bool = False
     new_context_flow: Literal["auto", "off", "mean", "shape", "full"] = "auto"

@@ -45,6 +45,7 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
     z_ref, gene_shift, shift_of_rows = [], [], []
     applied: dict[str, float] = {}  # the share of the flow's correction kept, per context
     parts: dict[str, str] = {}  # which part of it: all, its mean, or its shape (less the mean)
+    bandwidths: dict[str, float] = {}  # the context transfer's kernel bandwidth, per context
     plain = model.plain_prior() if method == "latent_shift" else None
     described: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
     from rich.progress import track
@@ -66,6 +67,7 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
                 labels += [label] * len(rows_c)
                 continue
             prior = model.prior.prior(atom_set, c, ctrl_mean)
+            bandwidths[c] = float(model.prior.transfer.bandwidth_in(c, ctrl_mean))
             base = z0_all[rows_c] + prior if model.config.residual_prior else z0_all[rows_c]
             ref, shift = gene_reference(model, atom_set, c, z0_all[rows_c], base, ctrl_mean)
             z_ref.append(ref)
@@ -113,6 +115,7 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
         "backbone": model.config.backbone,
         "flow_correction": applied,
         "flow_correction_part": parts,
+        "context_bandwidth": bandwidths,
         "gene_offset": model.config.gene_offset if model.config.residual_prior else "none",
         "perturbation_key": reg.perturbation_key,
         "control_value": reg.control_value,

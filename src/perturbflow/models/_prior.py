@@ -86,6 +86,7 @@ class BaselinePrior:
         keys = list(self.shifts)
         t = self.transfer
         names = sorted(t.control_means)
+        local = sorted(next(iter(t.local_errors.values()), {}))
         np.savez_compressed(
             path,
             atoms=np.array(["+".join(sorted(a)) for a, _ in keys]),
@@ -100,6 +101,10 @@ class BaselinePrior:
             effect_contexts=np.array([c for _, c in t.effects], dtype=str),
             effects=np.stack(list(t.effects.values())) if t.effects else np.zeros((0, 0)),
             effect_noise=np.array([t.noise.get(k, np.nan) for k in t.effects]),
+            # each context's bandwidth chosen near it: the cross-validated errors per bandwidth
+            local_bandwidths=np.array(list(t.local_errors), dtype=np.float64),
+            local_contexts=np.array(local, dtype=str),
+            local_errors=np.array([[t.local_errors[h][c] for c in local] for h in t.local_errors]),
         )
 
     @classmethod
@@ -115,8 +120,12 @@ class BaselinePrior:
                 effect_keys = [(frozenset(a.split("+")), str(c)) for a, c in zip(f["effect_atoms"], f["effect_contexts"])]
                 effects = dict(zip(effect_keys, f["effects"]))
                 noise = {k: float(v) for k, v in zip(effect_keys, f["effect_noise"]) if np.isfinite(v)}
+            local = {}
+            if "local_errors" in f:  # saved since session 10
+                contexts = [str(c) for c in f["local_contexts"]]
+                local = {float(h): dict(zip(contexts, row.tolist())) for h, row in zip(f["local_bandwidths"], f["local_errors"])}
             return cls(
                 dict(zip(keys, f["shifts"])),
                 dict(zip(keys, f["sizes"].tolist())),
-                ContextTransfer(means, bandwidth, specificity, effects, noise),
+                ContextTransfer(means, bandwidth, specificity, effects, noise, local),
             )

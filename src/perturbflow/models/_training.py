@@ -36,6 +36,7 @@ from perturbflow.train import (
     calibration_split,
     cells_by_group,
     choose_correction_scale,
+    context_axes,
     contexts_to_hold_out,
     count_statistics,
     decoded_shifts,
@@ -48,6 +49,9 @@ from perturbflow.train import (
 )
 
 logger = logging.getLogger("perturbflow.models._perturbflow")  # the model's log, as before the split
+# measured contexts needed for a bandwidth chosen near each context: with two, every
+# bandwidth predicts one context from the other alike
+MIN_LOCAL_CONTEXTS = 3
 
 
 def train_model(
@@ -126,7 +130,14 @@ def train_model(
         get_counts(adata, reg.layer), train_cells, fit_mask & is_control, contexts
     )
     sizes = {k: len(v) for k, v in train_cells.items()}
-    transfer, model.transfer_scores = ContextTransfer.select(gene_shifts, sizes, control_means, noise)
+    axes = None  # each measured context's principal axes: its bandwidth is then chosen near it
+    measured_contexts = sorted({c for _, c in train_cells})
+    if model.config.context_bandwidth == "local" and len(measured_contexts) >= MIN_LOCAL_CONTEXTS:
+        axes = context_axes(get_counts(adata, reg.layer), {
+            c: np.concatenate([control_rows.get(c, []), *(v for k, v in train_cells.items() if k[1] == c)]).astype(int)
+            for c in measured_contexts
+        }, seed)
+    transfer, model.transfer_scores = ContextTransfer.select(gene_shifts, sizes, control_means, noise, axes)
     model.gene_prior = BaselinePrior(gene_shifts, sizes, transfer)
     latent_controls = {c: z_all[r].mean(0) for c, r in control_rows.items()}
     latent_shifts = {k: z_all[v].mean(0) - latent_controls[k[1]] for k, v in train_cells.items()}

@@ -15,6 +15,7 @@ from perturbflow.train._checkpoints import (
     run_stage,
     stage_trainer_kwargs,
 )
+from perturbflow.train._context_axes import context_axes
 from perturbflow.train._fit_flow import build_flow, fit_flow
 from perturbflow.train._fit_vae import fit_vae
 from perturbflow.train._groups import (
@@ -50,6 +51,7 @@ __all__ = [
     "calibration_split",
     "cells_by_group",
     "choose_correction_scale",
+    "context_axes",
     "contexts_to_hold_out",
     "count_statistics",
     "decoded_shifts",
