@@ -138,9 +138,17 @@ def test_auto_probes_the_nearest_measured_context_and_predicts_with_its_choice(t
     info = pred.uns["perturbflow_prediction"]
     assert info["flow_correction"][new] == (0.0 if choice == "off" else 1.0)
     assert info["flow_correction_part"][new] == (choice if choice in ("mean", "shape") else "all")
+    # the transfer's bandwidth is chosen near the new context, from the 5 measured ones' errors
+    transfer = model.prior.transfer
+    assert set(next(iter(transfer.local_errors.values()))) == set(contexts) - {new}
+    assert info["context_bandwidth"][new] == transfer.bandwidth_in(new)  # described by its stored control mean
 
     model.save(tmp_path / "model")
     loaded = pf.PerturbFlow.load(tmp_path / "model")
     assert loaded.new_context_parts == model.new_context_parts
+    assert loaded.prior.transfer.local_errors.keys() == transfer.local_errors.keys()
+    again = loaded.predict(controls, perturbations=["G0"], seed=0)
+    assert again.uns["perturbflow_prediction"]["context_bandwidth"] == info["context_bandwidth"]
+    assert np.allclose(again.layers["expected"], pred.layers["expected"], atol=1e-4)
     model.config.new_context_flow = "off"  # a fixed choice overrides the calibrated one
     assert model.new_context_choice(new) == "off" and model.correction_scale_in(new) == 0.0

@@ -21,7 +21,7 @@ def kang():
     adata = ad.read_h5ad(require(KANG_FILE))
     if "counts_recovered_exact" in adata.obs:
         adata = adata[adata.obs["counts_recovered_exact"].astype(bool).to_numpy()].copy()
-    counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
+    counts = adata.layers["counts"]
     cell_types = adata.obs["cell_type"].astype(str).to_numpy()
     stimulated = (adata.obs["condition"].astype(str) != "control").to_numpy()
     cells = {(STIM, c): np.flatnonzero((cell_types == c) & stimulated) for c in np.unique(cell_types)}
