@@ -346,13 +346,18 @@ pf.pl.embedding(pred, real, real_layer=layer, color=["source", "group"], save=FI
 """),
         md("""
 The transfer the cross-validation chose (a finite bandwidth means similar cell types
-count more). How much of each perturbation's own response is kept, against the response
-pooled over perturbations, is set per perturbation by empirical Bayes: a strong response
-that is the same in every cell type is kept whole, a weak or inconsistent one shrinks:
+count more). With 3 or more measured cell types, each cell type's bandwidth is chosen near
+it: from the cross-validated errors of the measured cell types most similar to it, along
+the principal axes of their cells (the space in which the energy distance compares cells).
+The prediction records the bandwidth it used. How much of each perturbation's own response
+is kept, against the response pooled over perturbations, is set per perturbation by
+empirical Bayes: a strong response that is the same in every cell type is kept whole, a
+weak or inconsistent one shrinks:
 """),
         code("""
 transfer = model.gene_prior.transfer
-print(f"bandwidth {transfer.bandwidth}")
+print(f"bandwidth chosen over all cell types: {transfer.bandwidth}")
+print(f"bandwidth used for {heldout_type}: {pred.uns['perturbflow_prediction']['context_bandwidth']}")
 """),
         md("""
 Each predicted cell moves by what the VAE's decoder gives for moving *that cell's* latent by
