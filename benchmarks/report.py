@@ -5,6 +5,7 @@ Usage::
     python benchmarks/report.py results/quality.csv             # per-task tables, markdown
     python benchmarks/report.py results/backbones.csv --summary # one row per task and backbone
     python benchmarks/report.py results/quality.csv --folds     # mean and spread over seeds, per fold
+    python benchmarks/report.py A.csv B.csv --folds            # the runs of several files together
 """
 
 from __future__ import annotations
@@ -83,14 +84,15 @@ def _mean_sd(values: pd.Series) -> str:
     return f"{values.mean():.3f}" + (f" ± {values.std(ddof=1):.3f}" if values.notna().sum() > 1 else "")
 
 
-def folds(path: str) -> None:
+def folds(*paths: str) -> None:
     """Per fold and per dataset: top-20 Pearson delta and the energy's excess over its floor,
     mean ± standard deviation over seeds (the "mean of folds" column averages the folds of each
-    seed that has them all, then the seeds)."""
-    df = pd.read_csv(path)
+    seed that has them all, then the seeds), over the runs of every file of ``paths``."""
+    df = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
     df = df[df["model"].isin(FOLD_MODELS)].copy()
     df["energy_excess"] = df["energy_distance"] - df["energy_floor"]
-    print(f"Command: `{df['command'].iloc[0]}`\n")
+    for command in dict.fromkeys(df["command"]):
+        print(f"Command: `{command}`\n")
     for dataset, part in df.groupby("dataset", sort=False):
         seeds = sorted(int(s) for s in part["seed"].unique())
         print(f"### {dataset}: top-20 Pearson delta / energy excess over the floor, seeds {seeds}\n")
@@ -117,7 +119,7 @@ def folds(path: str) -> None:
 
 if __name__ == "__main__":
     if "--folds" in sys.argv:
-        folds(sys.argv[1])
+        folds(*(a for a in sys.argv[1:] if not a.startswith("--")))
     elif "--summary" in sys.argv:
         summary(sys.argv[1])
     else:
