@@ -67,7 +67,8 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
                 labels += [label] * len(rows_c)
                 continue
             prior = model.prior.prior(atom_set, c, ctrl_mean)
-            bandwidths[c] = float(model.prior.transfer.bandwidth_in(c, ctrl_mean))
+            if c not in bandwidths:  # it depends on the context alone
+                bandwidths[c] = float(model.prior.transfer.bandwidth_in(c, ctrl_mean))
             base = z0_all[rows_c] + prior if model.config.residual_prior else z0_all[rows_c]
             ref, shift = gene_reference(model, atom_set, c, z0_all[rows_c], base, ctrl_mean)
             z_ref.append(ref)

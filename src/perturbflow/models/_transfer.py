@@ -151,8 +151,7 @@ class ContextTransfer:
         if not seen:
             return None
         others = sorted(c for c in pooled if c != context)
-        bandwidth = self.bandwidth_in(context, control_mean) if self.local_errors else None
-        w = dict(zip(others, self.weights(context, others, control_mean, bandwidth)))
+        w = dict(zip(others, self.weights(context, others, control_mean, self.bandwidth_in(context, control_mean))))
         w_seen = np.array([w.get(c, 0.0) for c in seen])
         if w_seen.sum() <= 0:
             w_seen = np.ones(len(seen))
