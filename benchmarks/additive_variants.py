@@ -31,7 +31,7 @@ from tasks import RESULTS_DIR, TASKS, save_results
 import perturbflow as pf
 from perturbflow.data._expression import TARGET_SUM, dense_rows, log_normalize_rows
 from perturbflow.metrics import summarize
-from perturbflow.metrics._baselines import mean_exact_shift
+from perturbflow.data import mean_exact_shift
 
 VARIANTS = ["additive", "mean_exact", "single_cells", "single_cells_subsampled"]
 

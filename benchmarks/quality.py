@@ -15,8 +15,11 @@ Each (fold, seed) trains the default model once and scores, on the same held-out
 - ablations of the same trained model: ``prior_only`` (the flow's correction off, the prior's
   latent shift decoded per cell), ``flow_full`` (the whole correction in every context) and
   ``flow_mean`` / ``flow_shape`` (in a context new to the flow, only the mean of its
-  correction, or only its shape: ``new_context_flow``), ``gene_space_prior`` (the gene-space transfer of the mean change added to every cell, the
-  decode of sessions 1-4);
+  correction, or only its shape: ``new_context_flow``), ``gene_space_prior`` (the gene-space
+  transfer of the mean change added to every cell, the decode of sessions 1-4),
+  ``prior_mean`` (``gene_offset="prior_mean"``: each group's mean change from the gene-space
+  transfer, each cell's deviation from it decoded) and ``mean_clipped`` (``exact_mean=False``:
+  cells moved below 0 clipped without restoring the group's mean; sessions 1-10);
   with ``--ablation`` also ``flow_only`` (a model trained without the baseline prior);
 - ``latent_shift``: scGen's latent arithmetic with the model's own VAE (the decoder's means;
   ``latent_shift_X``: counts sampled from the decoder, as scGen-style models give them);
@@ -95,7 +98,13 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
     model.config.new_context_flow = config.get("new_context_flow", "auto")
     model.config.gene_offset = "baseline"  # sessions 1-4: the gene-space transfer added to every cell
     tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, "gene_space_prior"))
+    model.config.gene_offset = "prior_mean"  # the group's mean change from gene space, each cell's deviation decoded
+    tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, "prior_mean"))
     model.config.gene_offset = config.get("gene_offset", "residual")
+    model.config.exact_mean = not model.config.exact_mean  # the other way of keeping the mean at 0
+    other = "mean_clipped" if model.config.exact_mean is False else "exact_mean"
+    tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, other))
+    model.config.exact_mean = not model.config.exact_mean
     scgen = model.predict(controls, task.perturbations, seed=seed, method="latent_shift")
     tables += [score(scgen, task, seed, "latent_shift"), score(scgen, task, seed, "latent_shift_X", pred_layer=None)]
     if ablation:

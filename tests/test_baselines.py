@@ -21,7 +21,7 @@ from perturbflow.metrics import (
     noise_ceiling_split,
     register_baseline,
 )
-from perturbflow.metrics._baselines import mean_exact_shift
+from perturbflow.data import mean_exact_shift
 
 KEYS = dict(perturbation_key="perturbation", control_value="control")
 

@@ -9,6 +9,7 @@ import torch
 
 import perturbflow as pf
 from perturbflow import PerturbFlowError
+from perturbflow.data import mean_exact_shift
 from tests.conftest import is_integer_matrix
 
 
@@ -131,15 +132,33 @@ def test_flow_correction_in_seen_and_new_contexts(trained_model, controls):
     assert set(mean.uns["perturbflow_prediction"]["flow_correction_part"].values()) == {"mean"}
 
 
-def test_prediction_moves_each_cell_by_its_own_decoded_change(trained_model, controls):
-    """With the flow's correction off, each cell moves by the decoder's change from its own
-    latent to latent + prior, plus the gene-space residual the latent does not carry."""
-    saved = trained_model.correction_scale
-    trained_model.correction_scale = 0.0
+def _without_correction(model, controls, perturbation="G0", **config):
+    """``model``'s prediction with the flow's correction off and ``config`` set for it."""
+    saved = model.correction_scale, {k: getattr(model.config, k) for k in config}
+    model.correction_scale = 0.0
+    for k, v in config.items():
+        setattr(model.config, k, v)
     try:
-        pred = trained_model.predict(controls, perturbations=["G0"], seed=0)
+        return model.predict(controls, perturbations=[perturbation], seed=0)
     finally:
-        trained_model.correction_scale = saved
+        model.correction_scale = saved[0]
+        for k, v in saved[1].items():
+            setattr(model.config, k, v)
+
+
+def _log_expression(counts, rows, expected=None):
+    """log1p-normalised source cells ``counts[rows]`` (or ``expected`` at their libraries)."""
+    scale = 1e4 / counts[rows].sum(1, keepdims=True)
+    return np.log1p((counts[rows] if expected is None else expected) * scale)
+
+
+@pytest.mark.parametrize("exact_mean", [False, True])
+def test_prediction_moves_each_cell_by_its_own_decoded_change(trained_model, controls, exact_mean):
+    """With the flow's correction off, each cell moves by the decoder's change from its own
+    latent to latent + prior, plus the gene-space residual the latent does not carry; with
+    ``exact_mean`` each group (here: a cell type) also moves by the per-gene shift that keeps
+    its mean, after clipping at 0, where those moves add up to."""
+    pred = _without_correction(trained_model, controls, exact_mean=exact_mean)
     counts = controls.X.toarray() if hasattr(controls.X, "toarray") else np.asarray(controls.X)
     src = controls.obs_names.get_indexer(pred.obs["source_cell"])
     library = counts[src].sum(1)
@@ -147,12 +166,55 @@ def test_prediction_moves_each_cell_by_its_own_decoded_change(trained_model, con
     z1 = pred.obsm["X_perturbflow"]
     contexts = pred.obs["cell_type"].to_numpy()
     residual = np.stack([trained_model.residual_prior.prior(frozenset(["G0"]), c) for c in contexts])
-    change = trained_model.vae.log_change(z0, z1, library) + residual
+    moved = _log_expression(counts, src) + trained_model.vae.log_change(z0, z1, library) + residual
+    lifted = 0.0
+    for c in np.unique(contexts):
+        rows = contexts == c
+        if exact_mean:
+            moved[rows] += mean_exact_shift(moved[rows], np.zeros(moved.shape[1]))
+        lifted = max(lifted, np.abs(np.maximum(moved[rows], 0).mean(0) - np.maximum(moved[rows].mean(0), 0)).max())
     scale = 1e4 / library[:, None]
-    expected = np.expm1(np.maximum(np.log1p(counts[src] * scale) + change, 0)) / scale
-    np.testing.assert_allclose(pred.layers["expected"], expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(pred.layers["expected"], np.expm1(np.maximum(moved, 0)) / scale, rtol=1e-4, atol=1e-4)
+    assert pred.uns["perturbflow_prediction"]["exact_mean"] is exact_mean
+    if not exact_mean:  # clipping at 0 lifts the mean of some falling gene
+        assert lifted > 1e-3
     # the cells' changes differ: the decoder's response depends on each cell's state
     assert np.std(trained_model.vae.log_change(z0, z1, library), axis=0).max() > 1e-3
+
+
+def test_exact_mean_puts_each_groups_mean_where_the_moves_add_up(trained_model, controls):
+    exact = _without_correction(trained_model, controls, exact_mean=True)
+    clipped = _without_correction(trained_model, controls, exact_mean=False)
+    counts = controls.X.toarray() if hasattr(controls.X, "toarray") else np.asarray(controls.X)
+    src = controls.obs_names.get_indexer(exact.obs["source_cell"])
+    contexts = exact.obs["cell_type"].to_numpy()
+    z0 = trained_model.get_latent_representation(controls)[src]
+    for c in np.unique(contexts):
+        rows = contexts == c
+        residual = trained_model.residual_prior.prior(frozenset(["G0"]), c)
+        change = trained_model.vae.log_change(z0[rows], exact.obsm["X_perturbflow"][rows]) + residual
+        target = np.maximum((_log_expression(counts, src[rows]) + change).mean(0), 0)
+        got = _log_expression(counts, src[rows], exact.layers["expected"][rows]).mean(0)
+        np.testing.assert_allclose(got, target, atol=1e-4)
+        lifted = _log_expression(counts, src[rows], clipped.layers["expected"][rows]).mean(0)
+        assert np.all(lifted >= target - 1e-5) and (lifted - target).max() > 1e-3
+
+
+def test_prior_mean_gives_each_group_the_gene_space_mean_change(trained_model, controls):
+    """``gene_offset="prior_mean"``: the group's mean change is the gene-space baseline's,
+    each cell's deviation from it the decoder's."""
+    pred = _without_correction(trained_model, controls, gene_offset="prior_mean")
+    counts = controls.X.toarray() if hasattr(controls.X, "toarray") else np.asarray(controls.X)
+    src = controls.obs_names.get_indexer(pred.obs["source_cell"])
+    contexts = pred.obs["cell_type"].to_numpy()
+    for c in np.unique(contexts):
+        rows = contexts == c
+        before = _log_expression(counts, src[rows]).mean(0)
+        after = _log_expression(counts, src[rows], pred.layers["expected"][rows]).mean(0)
+        expected = np.maximum(before + trained_model.gene_prior.prior(frozenset(["G0"]), c), 0)
+        np.testing.assert_allclose(after, expected, atol=1e-4)
+    moved = _log_expression(counts, src, pred.layers["expected"]) - _log_expression(counts, src)
+    assert np.std(moved[contexts == contexts[0]], axis=0).max() > 1e-3  # cells do not move alike
 
 
 def test_cell_response_zero_moves_every_cell_of_a_group_alike(trained_model, controls):

@@ -138,3 +138,19 @@ def group_means(X: np.ndarray | sp.spmatrix, codes: np.ndarray, n_groups: int) -
     means = means.astype(np.float64)
     means[counts == 0] = np.nan
     return means
+
+
+def mean_exact_shift(cells: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """Per gene, the shift ``s`` with ``mean(max(cells + s, 0)) = max(mean(cells) + delta, 0)``.
+
+    ``cells`` are log-normalised ``(n, G)``; bisection, as the clipped mean increases with ``s``.
+    Moving cells by a mean change and clipping at 0 lifts the mean of a gene that goes down
+    (its zeros cannot fall); this shift puts the mean where the change says.
+    """
+    target = np.maximum(cells.mean(0) + delta, 0)
+    lo, hi = -cells.max(0) - 1 - np.abs(delta), np.abs(delta) + 1
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        below = np.maximum(cells + mid, 0).mean(0) < target
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    return hi

@@ -27,6 +27,7 @@ from perturbflow.data._expression import (
     TARGET_SUM,
     group_means,
     log_normalize_rows,
+    mean_exact_shift,
     row_totals,
 )
 from perturbflow.metrics._groups import (
@@ -329,17 +330,3 @@ class AdditiveExactBaseline(AdditiveBaseline):
         cells = logx[np.flatnonzero(rows)]
         cells = (cells.toarray() if sp.issparse(cells) else np.asarray(cells)).astype(np.float64)  # (n, G)
         return mean_exact_shift(cells, self.delta(atoms, context))
-
-
-def mean_exact_shift(cells: np.ndarray, delta: np.ndarray) -> np.ndarray:
-    """Per gene, the shift ``s`` with ``mean(max(cells + s, 0)) = max(mean(cells) + delta, 0)``.
-
-    ``cells`` are log-normalised ``(n, G)``; bisection, as the clipped mean increases with ``s``.
-    """
-    target = np.maximum(cells.mean(0) + delta, 0)
-    lo, hi = -cells.max(0) - 1 - np.abs(delta), np.abs(delta) + 1
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        below = np.maximum(cells + mid, 0).mean(0) < target
-        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
-    return hi

@@ -99,12 +99,20 @@ class PerturbFlowConfig:
         ``"residual"`` (each cell moves by the decoded change from its own latent to its
         predicted latent, plus the part of the measured mean changes that the latent does not
         carry, transferred like the shifts) or ``"baseline"`` (the gene-space baseline's
-        change plus the decoded change from the baseline's latent end point; sessions 1-4).
+        change plus the decoded change from the baseline's latent end point; sessions 1-4)
+        or ``"prior_mean"`` (each predicted group's mean change is the gene-space baseline's,
+        and each cell moves around it by its own decoded change less the group's mean
+        decoded change).
     cell_response
         With ``gene_offset="residual"``: the share of each cell's own decoded change beyond
         the mean decoded change of its predicted group (1: every cell moves by what the
         decoder gives for its own state; 0: every cell of a group moves by the group's mean
         decoded change).
+    exact_mean
+        With ``decode="delta"``: keep each predicted group's mean log-normalised expression,
+        per gene, where the moves of its cells add up to. Moved cells are clipped at 0, which
+        lifts the mean of a gene that goes down (its zeros cannot fall); a per-gene shift of
+        the group puts it back, as the ``additive_exact`` baseline does.
     reflow_steps
         Fine-tuning steps of one reflow after the flow is fitted (0: none): the flow is
         trained again on the pairs ``(x_0, flow(x_0))`` it makes itself, which straightens
@@ -141,8 +149,9 @@ class PerturbFlowConfig:
     centered_correction: bool = False
     new_context_flow: Literal["auto", "off", "mean", "shape", "full"] = "auto"
     decode: Literal["delta", "direct"] = "delta"
-    gene_offset: Literal["residual", "baseline"] = "residual"
+    gene_offset: Literal["residual", "baseline", "prior_mean"] = "residual"
     cell_response: float = 1.0
+    exact_mean: bool = True
     reflow_steps: int = 0
     n_steps: int = 4
     solver: Literal["euler", "midpoint", "adaptive"] = "midpoint"

@@ -16,6 +16,7 @@ from perturbflow.nn import context_statistics
 from perturbflow.train import apply_part
 
 TRANSPORT_SETS = 64  # sets of control cells moved in one forward pass
+MEAN_RESPONSE_CELLS = 4096  # cells a group's mean decoded change is taken over
 
 
 def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, solver, return_path, method) -> AnnData:
@@ -118,6 +119,7 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
         "flow_correction_part": parts,
         "context_bandwidth": bandwidths,
         "gene_offset": model.config.gene_offset if model.config.residual_prior else "none",
+        "exact_mean": model.config.exact_mean and model.config.decode == "delta",
         "perturbation_key": reg.perturbation_key,
         "control_value": reg.control_value,
         "context_keys": list(reg.context_keys),
@@ -131,20 +133,31 @@ def gene_reference(model, atom_set, context, z0: np.ndarray, base: np.ndarray, c
     """Where a group's decoded change starts, and the gene-space shift added to it.
 
     With ``gene_offset="residual"``: each cell's own decoded change from its control latent
-    ``z0``, plus what of the measured changes the latent does not carry. Otherwise: the
+    ``z0``, plus what of the measured changes the latent does not carry. With
+    ``"prior_mean"``: each cell's own decoded change, and the gene-space baseline (from which
+    :func:`mean_response` takes the group's mean decoded change away). Otherwise: the
     gene-space baseline, plus the decoded change from the baseline's latent end point ``base``.
     """
-    if model.config.gene_offset == "residual":
+    offset = model.config.gene_offset
+    if offset == "residual":
         return z0, model.residual_prior.prior(atom_set, context, ctrl_mean)
-    return base, model.gene_prior.prior(atom_set, context, ctrl_mean)
+    return (z0 if offset == "prior_mean" else base), model.gene_prior.prior(atom_set, context, ctrl_mean)
 
 
 def mean_response(model, z0: np.ndarray, z1: np.ndarray) -> np.ndarray | float:
-    """With ``cell_response < 1``, the share of the group's mean decoded change given to every
-    cell alike (each cell's own change is scaled down by as much); 0 otherwise."""
-    if model.config.gene_offset != "residual" or model.config.cell_response >= 1:
+    """What the group's mean decoded change adds to its gene shift: minus all of it with
+    ``gene_offset="prior_mean"`` (the group's mean change is the gene-space baseline's); with
+    ``cell_response < 1`` the share of it given to every cell alike (each cell's own change
+    is scaled down by as much); 0 otherwise. The mean is taken over at most
+    ``MEAN_RESPONSE_CELLS`` cells, evenly spaced."""
+    offset, share = model.config.gene_offset, model.config.cell_response
+    if offset == "prior_mean":
+        share = 0.0
+    elif offset != "residual" or share >= 1:
         return 0.0
-    return (1 - model.config.cell_response) * model.vae.log_change(z0, z1).mean(0)
+    rows = np.unique(np.linspace(0, len(z0) - 1, min(len(z0), MEAN_RESPONSE_CELLS)).astype(int))
+    mean = model.vae.log_change(z0[rows], z1[rows]).mean(0)
+    return -mean if offset == "prior_mean" else (1 - share) * mean
 
 
 def decode_moves(model, z_ref, z_pred, counts, rows, gene_shift, shift_of_rows, seed):
@@ -159,6 +172,7 @@ def decode_moves(model, z_ref, z_pred, counts, rows, gene_shift, shift_of_rows, 
         shift_of_rows=shift_of_rows,
         seed=seed,
         change_scale=model.config.cell_response if model.config.gene_offset == "residual" else 1.0,
+        exact_mean=model.config.exact_mean,
     )
 
 

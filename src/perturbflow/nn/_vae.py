@@ -12,7 +12,7 @@ import scipy.sparse as sp
 import torch
 
 from perturbflow._distributed import allowing_unused_parameters
-from perturbflow.data import TARGET_SUM, is_on_disk, read_rows
+from perturbflow.data import TARGET_SUM, is_on_disk, mean_exact_shift, read_rows
 
 logger = logging.getLogger(__name__)
 
@@ -297,6 +297,7 @@ class CountVAE:
         shift_of_rows: np.ndarray | None = None,
         seed: int = 0,
         change_scale: float = 1.0,
+        exact_mean: bool = False,
     ) -> tuple[sp.csr_matrix, np.ndarray]:
         """Move real source cells by the decoded change from ``z_0`` to ``z_1``.
 
@@ -306,6 +307,10 @@ class CountVAE:
         log-normalised counts (the decoded change times ``change_scale``). The decoder's
         reconstruction error cancels in the
         difference, and each predicted cell keeps the identity and noise of its source cell.
+        With ``exact_mean``, each group of rows (a value of ``shift_of_rows``) is also moved
+        by the per-gene shift that keeps its mean where the moves add up to once cells
+        are clipped at 0 (:func:`~perturbflow.data.mean_exact_shift`, estimated on at most
+        ``CHUNK`` of its cells).
         Expected counts are rounded stochastically to integers, unbiased on the
         log-normalised scale (see :func:`log_space_round`; computed here in torch, chunk by
         chunk, with the same draws).
@@ -315,26 +320,51 @@ class CountVAE:
         Integer counts (CSR, int32) and expected counts (dense float32).
         """
         rng, device = np.random.default_rng(seed), self.device
+        groups = np.zeros(len(rows), dtype=np.int64) if shift_of_rows is None else np.asarray(shift_of_rows)
         shifts = None if gene_shift is None else torch.as_tensor(gene_shift, dtype=torch.float32, device=device)  # (K, G)
+        if exact_mean:  # the shifts of each group that undo the lift of clipping at 0
+            keep = self._exact_mean_shifts(z_0, z_1, counts, rows, shifts, groups, seed, change_scale)  # (K, G)
+            shifts = keep if shifts is None else shifts + keep
         samples = []
         means = np.empty((len(rows), self.module.n_input), dtype=np.float32)
         for start in range(0, len(rows), CHUNK):
-            sl = slice(start, start + CHUNK)
-            x = _dense_rows(counts, rows[sl]).to(device)  # (n, G)
-            scale = TARGET_SUM / x.sum(-1, keepdim=True).clamp(min=1)  # (n, 1)
-            z_0c, z_1c = (torch.as_tensor(z[sl], dtype=torch.float32, device=device) for z in (z_0, z_1))
-            change = self.log_expression(z_1c).sub_(self.log_expression(z_0c))  # (n, G)
-            if change_scale != 1.0:
-                change.mul_(change_scale)
-            if shifts is not None:
-                change.add_(shifts[torch.as_tensor(shift_of_rows[sl], device=device)])
-            moved = torch.log1p(x.mul_(scale)).add_(change).clamp_(min=0)  # (n, G) log1p-normalised
+            at = np.arange(start, min(start + CHUNK, len(rows)))
+            moved, scale = self._moved(z_0, z_1, counts, rows, at, shifts, groups, change_scale)
+            moved.clamp_(min=0)  # (n, G) log1p-normalised
             expected = torch.expm1(moved).div_(scale)  # (n, G)
             u = torch.from_numpy(rng.random(moved.shape[1])).to(device)  # (G,) as log_space_round draws them
             sampled = _log_space_round_torch(expected, moved, scale, u)
-            means[sl] = expected.cpu().numpy()
+            means[at] = expected.cpu().numpy()
             samples.append(_csr(sampled.cpu()))
         return sp.vstack(samples, format="csr"), means
+
+    def _moved(self, z_0, z_1, counts, rows, at, shifts, groups, change_scale):
+        """Source cells ``rows[at]``, log-normalised and moved, before clipping at 0, and their
+        normalisation factors ``(n, 1)``."""
+        device = self.device
+        x = _dense_rows(counts, rows[at]).to(device)  # (n, G)
+        scale = TARGET_SUM / x.sum(-1, keepdim=True).clamp(min=1)  # (n, 1)
+        z_0c, z_1c = (torch.as_tensor(z[at], dtype=torch.float32, device=device) for z in (z_0, z_1))
+        change = self.log_expression(z_1c).sub_(self.log_expression(z_0c))  # (n, G)
+        if change_scale != 1.0:
+            change.mul_(change_scale)
+        if shifts is not None:
+            change.add_(shifts[torch.as_tensor(groups[at], device=device)])
+        return torch.log1p(x.mul_(scale)).add_(change), scale
+
+    def _exact_mean_shifts(self, z_0, z_1, counts, rows, shifts, groups, seed, change_scale) -> torch.Tensor:
+        """Per group, the per-gene shift after which its cells' mean, clipped at 0, is the
+        mean of their moves, ``(K, G)``."""
+        rng = np.random.default_rng([seed, 1])  # apart from the rounding's draws
+        out = torch.zeros(int(groups.max()) + 1, self.module.n_input, device=self.device)
+        for k in np.unique(groups):
+            at = np.flatnonzero(groups == k)
+            if len(at) > CHUNK:
+                at = np.sort(rng.choice(at, CHUNK, replace=False))
+            moved, _ = self._moved(z_0, z_1, counts, rows, at, shifts, groups, change_scale)
+            keep = mean_exact_shift(moved.cpu().numpy(), np.zeros(moved.shape[1], dtype=np.float32))
+            out[k] = torch.from_numpy(np.asarray(keep, dtype=np.float32)).to(self.device)
+        return out
 
     @torch.no_grad()
     def dispersion(self) -> np.ndarray:
