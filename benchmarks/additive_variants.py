@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a fol
 from tasks import RESULTS_DIR, TASKS, save_results
 
 import perturbflow as pf
+from perturbflow.data import mean_exact_shift
 from perturbflow.data._expression import TARGET_SUM, dense_rows, log_normalize_rows
 from perturbflow.metrics import summarize
-from perturbflow.data import mean_exact_shift
 
 VARIANTS = ["additive", "mean_exact", "single_cells", "single_cells_subsampled"]
 

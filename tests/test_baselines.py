@@ -11,7 +11,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from perturbflow._errors import PerturbFlowError
-from perturbflow.data import synthetic
+from perturbflow.data import mean_exact_shift, synthetic
 from perturbflow.metrics import (
     Baseline,
     evaluate_predictions,
@@ -21,7 +21,6 @@ from perturbflow.metrics import (
     noise_ceiling_split,
     register_baseline,
 )
-from perturbflow.data import mean_exact_shift
 
 KEYS = dict(perturbation_key="perturbation", control_value="control")
 

@@ -1,6 +1,13 @@
 """Data: setup and validation, perturbation parsing, log-normalisation, pairing, synthetic data."""
 
-from perturbflow.data._expression import TARGET_SUM, group_means, log_normalize, log_normalize_rows, log_normalized_mean, mean_exact_shift
+from perturbflow.data._expression import (
+    TARGET_SUM,
+    group_means,
+    log_normalize,
+    log_normalize_rows,
+    log_normalized_mean,
+    mean_exact_shift,
+)
 from perturbflow.data._pairing import Group, PairedSetDataset, ot_pairing
 from perturbflow.data._perturbations import canonical_label, parse_perturbation
 from perturbflow.data._setup import (
