@@ -17,6 +17,7 @@ from perturbflow.data import TARGET_SUM, is_on_disk, mean_exact_shift, read_rows
 logger = logging.getLogger(__name__)
 
 CHUNK = 2048
+EXACT_MEAN_CELLS = 1024  # cells of a group its exact-mean shift is estimated on
 VALIDATION_FRACTION = 0.1  # of the training cells, as scvi-tools' default train_size of 0.9
 
 
@@ -310,7 +311,7 @@ class CountVAE:
         With ``exact_mean``, each group of rows (a value of ``shift_of_rows``) is also moved
         by the per-gene shift that keeps its mean where the moves add up to once cells
         are clipped at 0 (:func:`~perturbflow.data.mean_exact_shift`, estimated on at most
-        ``CHUNK`` of its cells).
+        ``EXACT_MEAN_CELLS`` of its cells, on the genes where some of them are clipped).
         Expected counts are rounded stochastically to integers, unbiased on the
         log-normalised scale (see :func:`log_space_round`; computed here in torch, chunk by
         chunk, with the same draws).
@@ -359,11 +360,12 @@ class CountVAE:
         out = torch.zeros(int(groups.max()) + 1, self.module.n_input, device=self.device)
         for k in np.unique(groups):
             at = np.flatnonzero(groups == k)
-            if len(at) > CHUNK:
-                at = np.sort(rng.choice(at, CHUNK, replace=False))
-            moved, _ = self._moved(z_0, z_1, counts, rows, at, shifts, groups, change_scale)
-            keep = mean_exact_shift(moved.cpu().numpy(), np.zeros(moved.shape[1], dtype=np.float32))
-            out[k] = torch.from_numpy(np.asarray(keep, dtype=np.float32)).to(self.device)
+            if len(at) > EXACT_MEAN_CELLS:
+                at = np.sort(rng.choice(at, EXACT_MEAN_CELLS, replace=False))
+            moved = self._moved(z_0, z_1, counts, rows, at, shifts, groups, change_scale)[0].cpu().numpy()
+            clipped = np.flatnonzero((moved < 0).any(0))  # the other genes' means are already exact
+            keep = mean_exact_shift(moved[:, clipped], np.zeros(len(clipped), dtype=np.float32))
+            out[k, torch.from_numpy(clipped)] = torch.from_numpy(np.asarray(keep, dtype=np.float32)).to(self.device)
         return out
 
     @torch.no_grad()
