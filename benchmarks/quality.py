@@ -101,10 +101,11 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
     model.config.gene_offset = "prior_mean"  # the group's mean change from gene space, each cell's deviation decoded
     tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, "prior_mean"))
     model.config.gene_offset = config.get("gene_offset", "residual")
-    model.config.exact_mean = not model.config.exact_mean  # the other way of keeping the mean at 0
-    other = "mean_clipped" if model.config.exact_mean is False else "exact_mean"
-    tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, other))
-    model.config.exact_mean = not model.config.exact_mean
+    exact = model.config.exact_mean
+    model.config.exact_mean = not exact  # the other way of keeping the mean at 0
+    tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed,
+                        "mean_clipped" if exact else "exact_mean"))
+    model.config.exact_mean = exact
     scgen = model.predict(controls, task.perturbations, seed=seed, method="latent_shift")
     tables += [score(scgen, task, seed, "latent_shift"), score(scgen, task, seed, "latent_shift_X", pred_layer=None)]
     if ablation:

@@ -94,7 +94,8 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
             labels += [label] * len(rows_c)
     z_pred = np.concatenate(z_pred)
     src_rows = np.concatenate(src_rows)
-    if model.config.decode == "delta" and method == "flow":
+    moves = model.config.decode == "delta" and method == "flow"  # source cells moved, not sampled anew
+    if moves:
         X, expected = decode_moves(model, np.concatenate(z_ref), z_pred, counts, src_rows, gene_shift,
                                    np.concatenate(shift_of_rows), seed)
     else:
@@ -119,7 +120,7 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
         "flow_correction_part": parts,
         "context_bandwidth": bandwidths,
         "gene_offset": model.config.gene_offset if model.config.residual_prior else "none",
-        "exact_mean": model.config.exact_mean and model.config.decode == "delta",
+        "exact_mean": model.config.exact_mean and moves,
         "perturbation_key": reg.perturbation_key,
         "control_value": reg.control_value,
         "context_keys": list(reg.context_keys),
@@ -152,12 +153,13 @@ def mean_response(model, z0: np.ndarray, z1: np.ndarray) -> np.ndarray | float:
     ``MEAN_RESPONSE_CELLS`` cells, evenly spaced."""
     offset, share = model.config.gene_offset, model.config.cell_response
     if offset == "prior_mean":
-        share = 0.0
-    elif offset != "residual" or share >= 1:
+        weight = -1.0
+    elif offset == "residual" and share < 1:
+        weight = 1 - share
+    else:
         return 0.0
     rows = np.unique(np.linspace(0, len(z0) - 1, min(len(z0), MEAN_RESPONSE_CELLS)).astype(int))
-    mean = model.vae.log_change(z0[rows], z1[rows]).mean(0)
-    return -mean if offset == "prior_mean" else (1 - share) * mean
+    return weight * model.vae.log_change(z0[rows], z1[rows]).mean(0)
 
 
 def decode_moves(model, z_ref, z_pred, counts, rows, gene_shift, shift_of_rows, seed):

@@ -365,7 +365,7 @@ class CountVAE:
             moved = self._moved(z_0, z_1, counts, rows, at, shifts, groups, change_scale)[0].cpu().numpy()
             clipped = np.flatnonzero((moved < 0).any(0))  # the other genes' means are already exact
             keep = mean_exact_shift(moved[:, clipped], np.zeros(len(clipped), dtype=np.float32))
-            out[k, torch.from_numpy(clipped)] = torch.from_numpy(np.asarray(keep, dtype=np.float32)).to(self.device)
+            out[k, torch.from_numpy(clipped).to(self.device)] = torch.from_numpy(np.asarray(keep, dtype=np.float32)).to(self.device)
         return out
 
     @torch.no_grad()
