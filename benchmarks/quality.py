@@ -18,8 +18,10 @@ Each (fold, seed) trains the default model once and scores, on the same held-out
   correction, or only its shape: ``new_context_flow``), ``gene_space_prior`` (the gene-space
   transfer of the mean change added to every cell, the decode of sessions 1-4),
   ``prior_mean`` (``gene_offset="prior_mean"``: each group's mean change from the gene-space
-  transfer, each cell's deviation from it decoded) and ``mean_clipped`` (``exact_mean=False``:
-  cells moved below 0 clipped without restoring the group's mean; sessions 1-10);
+  transfer, each cell's deviation from it decoded), ``exact_mean`` (``exact_mean=True``: each
+  group's mean kept where its cells' moves add up to; session 11's default) and
+  ``mean_clipped`` (``exact_mean=False``: cells moved below 0 clipped without restoring the
+  group's mean; sessions 1-10);
   with ``--ablation`` also ``flow_only`` (a model trained without the baseline prior);
 - ``latent_shift``: scGen's latent arithmetic with the model's own VAE (the decoder's means;
   ``latent_shift_X``: counts sampled from the decoder, as scGen-style models give them);
@@ -101,11 +103,11 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
     model.config.gene_offset = "prior_mean"  # the group's mean change from gene space, each cell's deviation decoded
     tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, "prior_mean"))
     model.config.gene_offset = config.get("gene_offset", "residual")
-    exact = model.config.exact_mean
-    model.config.exact_mean = not exact  # the other way of keeping the mean at 0
-    tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed,
-                        "mean_clipped" if exact else "exact_mean"))
-    model.config.exact_mean = exact
+    chosen = model.config.exact_mean
+    for forced, name in ((True, "exact_mean"), (False, "mean_clipped")):  # each way of decoding, everywhere
+        model.config.exact_mean = forced
+        tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, name))
+    model.config.exact_mean = chosen
     scgen = model.predict(controls, task.perturbations, seed=seed, method="latent_shift")
     tables += [score(scgen, task, seed, "latent_shift"), score(scgen, task, seed, "latent_shift_X", pred_layer=None)]
     if ablation:
@@ -122,6 +124,9 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
         "applied_correction_scale": min(applied.get(c, 0.0) for c in held_out_contexts),
         "new_context_part": ",".join(sorted({parts[c] if applied.get(c) else "off" for c in held_out_contexts})),
         "new_context_scores": json.dumps(model.new_context_scores),  # the probe's, per held-out training context
+        "exact_mean_applied": ",".join(sorted({str(pred.uns["perturbflow_prediction"]["exact_mean"].get(c))
+                                               for c in held_out_contexts})),
+        "decoding_scores": json.dumps(model.decoding_scores),  # per measured context, each predicted from the others
         "transfer_bandwidth": transfer.bandwidth, "transfer_specificity": transfer.specificity,
     }
 

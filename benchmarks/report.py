@@ -115,11 +115,22 @@ def folds(*paths: str) -> None:
         applied = (timing["applied_correction_scale"] > 0).sum()
         print(f"train {timing['train_s'].mean():.0f} s on average ({timing['train_s'].min():.0f}–"
               f"{timing['train_s'].max():.0f}); the flow's correction was applied in {applied} of "
-              f"{len(timing)} runs (calibrated scales: {sorted(float(v) for v in timing['correction_scale'].unique())})\n")
+              f"{len(timing)} runs (calibrated scales: {sorted(float(v) for v in timing['correction_scale'].unique())})"
+              + _exact_mean_counts(timing) + "\n")
+
+
+def _exact_mean_counts(timing: pd.DataFrame) -> str:
+    """How often the held-out context's group means were kept exact (``exact_mean="auto"``)."""
+    if "exact_mean_applied" not in timing:
+        return ""
+    applied = timing["exact_mean_applied"].dropna().astype(str)
+    return f"; group means kept exact in {(applied == 'True').sum()} of {len(applied)} runs"
 
 
 if __name__ == "__main__":
-    if "--folds" in sys.argv:
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+    elif "--folds" in sys.argv:
         folds(*(a for a in sys.argv[1:] if not a.startswith("--")))
     elif "--summary" in sys.argv:
         summary(sys.argv[1])

@@ -10,6 +10,7 @@ import torch
 import perturbflow as pf
 from perturbflow import PerturbFlowError
 from perturbflow.data import mean_exact_shift
+from perturbflow.train import DECODINGS, choose_decoding
 from tests.conftest import is_integer_matrix
 
 
@@ -65,6 +66,7 @@ def test_save_load_round_trip(trained_model, controls, tmp_path):
     files = {p.name for p in (tmp_path / "model").iterdir()}
     assert {"perturbflow.json", "flow.pt", "vae"} <= files
     loaded = pf.PerturbFlow.load(tmp_path / "model")
+    assert loaded.decoding_scores == trained_model.decoding_scores and loaded.decoding_scores
     a = trained_model.predict(controls, perturbations=["G0+G1"], seed=3)
     b = loaded.predict(controls, perturbations=["G0+G1"], seed=3)
     assert np.allclose(a.layers["expected"], b.layers["expected"], rtol=1e-5, atol=1e-5)
@@ -97,10 +99,12 @@ def test_flow_correction_in_seen_and_new_contexts(trained_model, controls):
         saved = trained_model.correction_scale, trained_model.flow_contexts, trained_model.config.new_context_flow
         trained_model.correction_scale, trained_model.flow_contexts = scale, flow_contexts
         trained_model.config.new_context_flow = new_context_flow
+        trained_model.config.exact_mean = True  # the same decoding in seen and new contexts
         try:
             return trained_model.predict(controls, perturbations=["G0"], seed=0)
         finally:
             trained_model.correction_scale, trained_model.flow_contexts, trained_model.config.new_context_flow = saved
+            trained_model.config.exact_mean = "auto"
 
     fitted = list(trained_model.flow_contexts)
     assert fitted, "the synthetic data has perturbed cells in its contexts"
@@ -176,7 +180,8 @@ def test_prediction_moves_each_cell_by_its_own_decoded_change(trained_model, con
             lifted = max(lifted, np.abs(np.maximum(moved[rows], 0).mean(0) - np.maximum(moved[rows].mean(0), 0)).max())
     scale = 1e4 / library[:, None]
     np.testing.assert_allclose(pred.layers["expected"], np.expm1(np.maximum(moved, 0)) / scale, rtol=1e-4, atol=1e-4)
-    assert pred.uns["perturbflow_prediction"]["exact_mean"] is exact_mean
+    recorded = pred.uns["perturbflow_prediction"]["exact_mean"]
+    assert set(recorded) == set(contexts) and all(v is exact_mean for v in recorded.values())
     if not exact_mean:  # clipping at 0 lifts the mean of some falling gene
         assert lifted > 1e-3
     # the cells' changes differ: the decoder's response depends on each cell's state
@@ -199,6 +204,53 @@ def test_exact_mean_puts_each_groups_mean_where_the_moves_add_up(trained_model, 
         np.testing.assert_allclose(got, target, atol=1e-4)
         lifted = _log_expression(counts, src[rows], clipped.layers["expected"][rows]).mean(0)
         assert np.all(lifted >= target - 1e-5) and (lifted - target).max() > 1e-3
+
+
+def test_exact_mean_is_applied_per_context(trained_model, controls):
+    """Each context's groups are decoded with or without the exact mean as
+    ``exact_mean_in`` says for that context, and the prediction records it."""
+    exact = _without_correction(trained_model, controls, exact_mean=True)
+    clipped = _without_correction(trained_model, controls, exact_mean=False)
+    contexts = exact.obs["cell_type"].to_numpy()
+    first = min(set(contexts))
+    trained_model.exact_mean_in = lambda context, control_mean=None: context == first
+    try:
+        mixed = _without_correction(trained_model, controls)
+    finally:
+        del trained_model.exact_mean_in
+    rows = contexts == first
+    assert 0 < rows.sum() < len(rows)
+    np.testing.assert_allclose(mixed.layers["expected"][rows], exact.layers["expected"][rows], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(mixed.layers["expected"][~rows], clipped.layers["expected"][~rows], rtol=1e-5, atol=1e-5)
+    assert mixed.uns["perturbflow_prediction"]["exact_mean"] == {c: c == first for c in set(contexts)}
+
+
+def test_exact_mean_auto_decides_a_new_context_on_the_measured_ones(trained_model, controls):
+    """``exact_mean="auto"`` (the default): every measured context was predicted from the
+    others both ways at training; a context the flow was fitted in keeps the exact mean, a
+    new one takes the decoding that scored better on the measured contexts, weighted by
+    their similarity to it."""
+    scores = trained_model.decoding_scores
+    assert trained_model.config.exact_mean == "auto"
+    assert set(scores) == set(trained_model.flow_contexts) and len(scores) >= 2
+    assert all(set(s) == set(DECODINGS) and all(np.isfinite(list(s.values()))) for s in scores.values())
+    assert all(trained_model.exact_mean_in(c) for c in trained_model.flow_contexts)
+    saved = trained_model.flow_contexts, dict(scores)
+    try:
+        trained_model.flow_contexts = []  # every context new to the flow
+        for c in scores:
+            others = sorted(o for o in scores if o != c)
+            weights = trained_model.gene_prior.transfer.weights(c, others)
+            expected = choose_decoding(scores, dict(zip(others, weights))) == "exact"
+            assert trained_model.exact_mean_in(c) is expected
+        # where clipping predicted every measured context better, a new context is clipped
+        trained_model.decoding_scores = {c: {"exact": 2.0, "clipped": 1.0} for c in scores}
+        pred = _without_correction(trained_model, controls)
+        assert set(pred.uns["perturbflow_prediction"]["exact_mean"].values()) == {False}
+        clipped = _without_correction(trained_model, controls, exact_mean=False)
+        np.testing.assert_allclose(pred.layers["expected"], clipped.layers["expected"], rtol=1e-5, atol=1e-5)
+    finally:
+        trained_model.flow_contexts, trained_model.decoding_scores = saved
 
 
 def test_prior_mean_gives_each_group_the_gene_space_mean_change(trained_model, controls):

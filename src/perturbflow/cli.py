@@ -142,6 +142,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print("flow correction applied (share of the flow's move beyond the prior): " + ", ".join(
         f"{context or 'all cells'} {scale:.2f}" + (f" ({parts[context]} only)" if scale and parts.get(context, "all") != "all" else "")
         for context, scale in info["flow_correction"].items()))
+    if info.get("exact_mean"):
+        print("group means kept exact: " + ", ".join(
+            f"{context or 'all cells'} {'yes' if exact else 'no (clipped at 0)'}" for context, exact in info["exact_mean"].items()))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

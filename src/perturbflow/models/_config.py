@@ -110,12 +110,16 @@ class PerturbFlowConfig:
         decoded change).
     exact_mean
         With ``decode="delta"``: keep each predicted group's mean log-normalised expression,
-        per gene, where the moves of its cells add up to. Moved cells are clipped at 0, which
-        lifts the mean of a gene that goes down (its zeros cannot fall); a per-gene shift of
-        the group puts it back, as the ``additive_exact`` baseline does. Over the folds of
-        benchmarks/RESULTS.md ("Session 11"): Norman top-20 Pearson 0.912 -> 0.943, Kang
-        mean energy excess 0.733 -> 0.642 (worse on 3 of 7 cell types), McFaline level;
-        Norman's energy excess rises 0.050 -> 0.142.
+        per gene, where the moves of its cells add up to (``True``), or not (``False``).
+        Moved cells are clipped at 0, which lifts the mean of a gene that goes down (its
+        zeros cannot fall); a per-gene shift of the group puts it back, as the
+        ``additive_exact`` baseline does. ``"auto"`` keeps it exact in the contexts the flow
+        was fitted in, and in a new context decides on the measured training contexts near
+        it: each is predicted from the others both ways and scored against its real cells
+        (``perturbflow.train.decoding_scores``). Over the folds of benchmarks/RESULTS.md
+        ("Session 11"), always exact: Norman top-20 Pearson 0.912 -> 0.943 (energy excess
+        0.050 -> 0.142), Kang mean energy excess 0.733 -> 0.642 but worse on 3 of 7 cell
+        types, McFaline level; "Session 12" measures ``"auto"``.
     reflow_steps
         Fine-tuning steps of one reflow after the flow is fitted (0: none): the flow is
         trained again on the pairs ``(x_0, flow(x_0))`` it makes itself, which straightens
@@ -154,7 +158,7 @@ class PerturbFlowConfig:
     decode: Literal["delta", "direct"] = "delta"
     gene_offset: Literal["residual", "baseline", "prior_mean"] = "residual"
     cell_response: float = 1.0
-    exact_mean: bool = True
+    exact_mean: bool | Literal["auto"] = "auto"
     reflow_steps: int = 0
     n_steps: int = 4
     solver: Literal["euler", "midpoint", "adaptive"] = "midpoint"
@@ -165,6 +169,8 @@ class PerturbFlowConfig:
 
         for name, kind in get_type_hints(type(self)).items():
             choices = get_args(kind) if get_origin(kind) is Literal else ()
+            if name == "exact_mean":
+                choices = (True, False, "auto")
             if choices and getattr(self, name) not in choices:
                 allowed = ", ".join(repr(c) for c in choices)
                 raise PerturbFlowError(f"{name}={getattr(self, name)!r} is not one of {allowed}")

@@ -111,6 +111,7 @@ def read_model(cls, path: Path):
         model.correction_scale = meta["correction_scale"]
         model.flow_contexts = meta.get("flow_contexts", list(model.context_stats))
         model.new_context_parts = meta.get("new_context_parts", {})
+        model.decoding_scores = meta.get("decoding_scores", {})
         model.flow = build_flow(model.config, len(model.atoms))
     with _reading(path, "the VAE could not be read", f"{VAE_DIR}/"):
         model.vae = CountVAE.load(path / VAE_DIR, model.genes, model.config.vae_decoder)
@@ -145,6 +146,7 @@ def _metadata(model) -> dict:
         "correction_scale": model.correction_scale,
         "flow_contexts": model.flow_contexts,
         "new_context_parts": model.new_context_parts,
+        "decoding_scores": model.decoding_scores,
     }
 
 

@@ -47,6 +47,8 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
     applied: dict[str, float] = {}  # the share of the flow's correction kept, per context
     parts: dict[str, str] = {}  # which part of it: all, its mean, or its shape (less the mean)
     bandwidths: dict[str, float] = {}  # the context transfer's kernel bandwidth, per context
+    exact: dict[str, bool] = {}  # whether each group's mean is kept exact, per context
+    exact_of_group: list[bool] = []
     plain = model.plain_prior() if method == "latent_shift" else None
     described: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
     from rich.progress import track
@@ -68,8 +70,10 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
                 labels += [label] * len(rows_c)
                 continue
             prior = model.prior.prior(atom_set, c, ctrl_mean)
-            if c not in bandwidths:  # it depends on the context alone
+            if c not in bandwidths:  # these depend on the context alone
                 bandwidths[c] = float(model.prior.transfer.bandwidth_in(c, ctrl_mean))
+                exact[c] = model.exact_mean_in(c, ctrl_mean)
+            exact_of_group.append(exact[c])
             base = z0_all[rows_c] + prior if model.config.residual_prior else z0_all[rows_c]
             ref, shift = gene_reference(model, atom_set, c, z0_all[rows_c], base, ctrl_mean)
             z_ref.append(ref)
@@ -97,7 +101,7 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
     moves = model.config.decode == "delta" and method == "flow"  # source cells moved, not sampled anew
     if moves:
         X, expected = decode_moves(model, np.concatenate(z_ref), z_pred, counts, src_rows, gene_shift,
-                                   np.concatenate(shift_of_rows), seed)
+                                   np.concatenate(shift_of_rows), seed, exact_of_group)
     else:
         X, expected = model.vae.decode(z_pred, library[src_rows], seed=seed)
 
@@ -120,7 +124,7 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
         "flow_correction_part": parts,
         "context_bandwidth": bandwidths,
         "gene_offset": model.config.gene_offset if model.config.residual_prior else "none",
-        "exact_mean": model.config.exact_mean and moves,
+        "exact_mean": {c: bool(e and moves) for c, e in exact.items()},
         "perturbation_key": reg.perturbation_key,
         "control_value": reg.control_value,
         "context_keys": list(reg.context_keys),
@@ -162,9 +166,10 @@ def mean_response(model, z0: np.ndarray, z1: np.ndarray) -> np.ndarray | float:
     return weight * model.vae.log_change(z0[rows], z1[rows]).mean(0)
 
 
-def decode_moves(model, z_ref, z_pred, counts, rows, gene_shift, shift_of_rows, seed):
+def decode_moves(model, z_ref, z_pred, counts, rows, gene_shift, shift_of_rows, seed, exact_mean):
     """The source cells ``rows`` of ``counts`` moved by the decoded change from ``z_ref`` to
-    ``z_pred`` and by ``gene_shift[shift_of_rows]``: integer and expected counts."""
+    ``z_pred`` and by ``gene_shift[shift_of_rows]``, with each group's mean kept exact where
+    ``exact_mean`` (one boolean per group) says so: integer and expected counts."""
     return model.vae.decode_delta(
         z_ref,
         z_pred,
@@ -174,7 +179,7 @@ def decode_moves(model, z_ref, z_pred, counts, rows, gene_shift, shift_of_rows, 
         shift_of_rows=shift_of_rows,
         seed=seed,
         change_scale=model.config.cell_response if model.config.gene_offset == "residual" else 1.0,
-        exact_mean=model.config.exact_mean,
+        exact_mean=exact_mean,
     )
 
 

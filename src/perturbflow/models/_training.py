@@ -40,6 +40,7 @@ from perturbflow.train import (
     contexts_to_hold_out,
     count_statistics,
     decoded_shifts,
+    decoding_scores,
     digest,
     fit_flow,
     fit_vae,
@@ -150,6 +151,8 @@ def train_model(
     train_groups, val_groups = (
         build_groups(cells, model.prior, atom_index, ctx_index, control_rows) for cells in (train_cells, val_cells)
     )
+    model.decoding_scores = score_decodings(model, train_groups + val_groups, z_all, get_counts(adata, reg.layer),
+                                            list(ctx_index), seed)
     fit_groups = train_groups  # what the flow is fitted on; with flow_prior="own", from their own shifts
     if model.config.flow_prior == "own":
         fit_groups = build_groups(train_cells, model.prior, atom_index, ctx_index, control_rows, own_prior=True)
@@ -227,10 +230,45 @@ def probe_gene_space(model, counts, context_names, seed) -> GeneSpace:
     protocol normalises a prediction."""
 
     def predicted(group, rows, z0, z1):
-        atom_set = frozenset(model.atoms[int(i) - 1] for i in group.atom_ids if i > 0)
-        ref, shift = gene_reference(model, atom_set, context_names[group.context], z0, z0 + group.prior)
-        shift = shift + mean_response(model, z0, z1)
-        expected = decode_moves(model, ref, z1, counts, rows, [shift], np.zeros(len(rows), dtype=int), seed)[1]
-        return log_normalize_rows(expected)
+        exact = model.exact_mean_in(context_names[group.context])
+        return decoded_group(model, counts, context_names, group, rows, z0, z1, seed, exact)
 
-    return GeneSpace(real=lambda rows: log_normalize(read_rows(counts, rows)), predicted=predicted)
+    return GeneSpace(real=lambda rows: real_genes(counts, rows), predicted=predicted)
+
+
+def real_genes(counts, rows: np.ndarray) -> np.ndarray:
+    """The log-normalised expression of ``rows``, as the protocol reads real cells."""
+    return log_normalize(read_rows(counts, rows))
+
+
+def decoded_group(model, counts, context_names, group, rows, z0, z1, seed, exact_mean: bool) -> np.ndarray:
+    """The ``group``'s prediction for its source cells ``rows`` (latents ``z0``) moved to
+    ``z1``, decoded as :meth:`~perturbflow.PerturbFlow.predict` decodes it (the group's mean
+    kept exact or not), log-normalised."""
+    atom_set = frozenset(model.atoms[int(i) - 1] for i in group.atom_ids if i > 0)
+    ref, shift = gene_reference(model, atom_set, context_names[group.context], z0, z0 + group.prior)
+    shift = shift + mean_response(model, z0, z1)
+    expected = decode_moves(model, ref, z1, counts, rows, [shift], np.zeros(len(rows), dtype=int), seed,
+                            [exact_mean])[1]
+    return log_normalize_rows(expected)
+
+
+def score_decodings(model, groups, z_all, counts, context_names, seed) -> dict[str, dict[str, float]]:
+    """Each measured context's groups predicted from the other contexts (the prior without
+    the flow), decoded with and without the exact mean and scored against their real cells
+    (:func:`~perturbflow.train.decoding_scores`); empty unless ``exact_mean="auto"`` and
+    at least two contexts hold perturbed cells."""
+    config = model.config
+    if config.exact_mean != "auto" or config.decode != "delta" or not config.residual_prior:
+        return {}
+    if len({g.context for g in groups}) < 2:
+        return {}
+
+    def predicted(group, rows, exact):
+        z0 = z_all[rows]
+        return decoded_group(model, counts, context_names, group, rows, z0, z0 + group.prior, seed, exact)
+
+    scores = decoding_scores(groups, context_names, lambda rows: real_genes(counts, rows), predicted, seed)
+    logger.info("exact mean against clipped, each measured context predicted from the others: %s", ", ".join(
+        f"{c}: {s['exact']:.3f} / {s['clipped']:.3f}" for c, s in scores.items()))
+    return scores

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import anndata as ad
@@ -298,7 +299,7 @@ class CountVAE:
         shift_of_rows: np.ndarray | None = None,
         seed: int = 0,
         change_scale: float = 1.0,
-        exact_mean: bool = False,
+        exact_mean: bool | Sequence[bool] = False,
     ) -> tuple[sp.csr_matrix, np.ndarray]:
         """Move real source cells by the decoded change from ``z_0`` to ``z_1``.
 
@@ -311,7 +312,8 @@ class CountVAE:
         With ``exact_mean``, each group of rows (a value of ``shift_of_rows``) is also moved
         by the per-gene shift that keeps its mean where the moves add up to once cells
         are clipped at 0 (:func:`~perturbflow.data.mean_exact_shift`, estimated on at most
-        ``EXACT_MEAN_CELLS`` of its cells, on the genes where some of them are clipped).
+        ``EXACT_MEAN_CELLS`` of its cells, on the genes where some of them are clipped); a
+        sequence of booleans says it for each group.
         Expected counts are rounded stochastically to integers, unbiased on the
         log-normalised scale (see :func:`log_space_round`; computed here in torch, chunk by
         chunk, with the same draws).
@@ -323,8 +325,9 @@ class CountVAE:
         rng, device = np.random.default_rng(seed), self.device
         groups = np.zeros(len(rows), dtype=np.int64) if shift_of_rows is None else np.asarray(shift_of_rows)
         shifts = None if gene_shift is None else torch.as_tensor(gene_shift, dtype=torch.float32, device=device)  # (K, G)
-        if exact_mean:  # the shifts of each group that undo the lift of clipping at 0
-            keep = self._exact_mean_shifts(z_0, z_1, counts, rows, shifts, groups, seed, change_scale)  # (K, G)
+        exact = np.broadcast_to(np.asarray(exact_mean, dtype=bool), (int(groups.max()) + 1,))
+        if exact.any():  # the shifts of each group that undo the lift of clipping at 0
+            keep = self._exact_mean_shifts(z_0, z_1, counts, rows, shifts, groups, seed, change_scale, exact)  # (K, G)
             shifts = keep if shifts is None else shifts + keep
         samples = []
         means = np.empty((len(rows), self.module.n_input), dtype=np.float32)
@@ -353,12 +356,14 @@ class CountVAE:
             change.add_(shifts[torch.as_tensor(groups[at], device=device)])
         return torch.log1p(x.mul_(scale)).add_(change), scale
 
-    def _exact_mean_shifts(self, z_0, z_1, counts, rows, shifts, groups, seed, change_scale) -> torch.Tensor:
-        """Per group, the per-gene shift after which its cells' mean, clipped at 0, is the
-        mean of their moves, ``(K, G)``."""
+    def _exact_mean_shifts(self, z_0, z_1, counts, rows, shifts, groups, seed, change_scale, exact) -> torch.Tensor:
+        """Per group ``k`` with ``exact[k]``, the per-gene shift after which its cells' mean,
+        clipped at 0, is the mean of their moves (0 for the other groups), ``(K, G)``."""
         rng = np.random.default_rng([seed, 1])  # apart from the rounding's draws
-        out = torch.zeros(int(groups.max()) + 1, self.module.n_input, device=self.device)
+        out = torch.zeros(len(exact), self.module.n_input, device=self.device)
         for k in np.unique(groups):
+            if not exact[k]:
+                continue
             at = np.flatnonzero(groups == k)
             if len(at) > EXACT_MEAN_CELLS:
                 at = np.sort(rng.choice(at, EXACT_MEAN_CELLS, replace=False))

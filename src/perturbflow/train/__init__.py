@@ -16,6 +16,7 @@ from perturbflow.train._checkpoints import (
     stage_trainer_kwargs,
 )
 from perturbflow.train._context_axes import context_axes
+from perturbflow.train._decoding_choice import DECODINGS, choose_decoding, decoding_scores
 from perturbflow.train._fit_flow import build_flow, fit_flow
 from perturbflow.train._fit_vae import fit_vae
 from perturbflow.train._groups import (
@@ -39,6 +40,7 @@ from perturbflow.train._reflow import flow_couplings, reflow
 
 __all__ = [
     "CORRECTION_SCALES",
+    "DECODINGS",
     "DEFAULT_EVERY_N_STEPS",
     "NEW_CONTEXT_PARTS",
     "FlowTrainingPlan",
@@ -51,10 +53,12 @@ __all__ = [
     "calibration_split",
     "cells_by_group",
     "choose_correction_scale",
+    "choose_decoding",
     "context_axes",
     "contexts_to_hold_out",
     "count_statistics",
     "decoded_shifts",
+    "decoding_scores",
     "digest",
     "fit_flow",
     "fit_vae",

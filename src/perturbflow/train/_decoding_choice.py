@@ -1,0 +1,79 @@
+"""Whether to keep each predicted group's mean exact, chosen per new context on the training
+contexts near it.
+
+A predicted cell is its source cell's log profile moved by its decoded change, clipped at 0.
+Keeping the group's mean where the moves add up to (``exact_mean``) helps where the
+transferred falls of genes carry over to the new context and costs where they are too large:
+over the Kang folds it helped the monocytes and cost some lymphocytes (benchmarks/RESULTS.md,
+"Session 11"). So every measured training context is predicted as a new context would be,
+from the other contexts alone (the prior's latent shift and gene-space residual, without
+the flow), decoded both ways, and each way is scored against its real perturbed cells as the
+protocol scores a prediction: the energy distance in principal components of the group's
+real cells. A new context then takes the way whose scores, weighted by the kernel similarity
+of the measured contexts to it (the context transfer's weights), are smaller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from sklearn.decomposition import PCA
+
+from perturbflow.data import Group
+from perturbflow.metrics import energy_distance
+
+DECODINGS = ("exact", "clipped")  # ties go to the first
+MAX_GROUPS = 16  # groups per context scored, the largest first
+MAX_CELLS = 256  # cells per group in the energy distances
+N_PCS = 30  # principal components of the real cells, as the protocol's energy distance
+
+# (group, source rows, exact_mean) -> the group's prediction for those source cells,
+# log-normalised as the protocol reads it, (n, G)
+Predicted = Callable[[Group, np.ndarray, bool], np.ndarray]
+
+
+def decoding_scores(
+    groups: Sequence[Group],
+    context_names: Sequence[str],
+    real: Callable[[np.ndarray], np.ndarray],
+    predicted: Predicted,
+    seed: int,
+) -> dict[str, dict[str, float]]:
+    """``{context: {decoding: mean energy distance over its groups}}`` for each context of
+    ``groups`` (each group predicted without its own context, as a new context is).
+
+    ``real(rows)`` is the log-normalised expression of those cells; at most ``MAX_GROUPS``
+    groups per context (those with the most perturbed cells) and ``MAX_CELLS`` cells per
+    group are used.
+    """
+    rng = np.random.default_rng(seed)
+    by_context: dict[str, list[Group]] = {}
+    for g in groups:
+        by_context.setdefault(context_names[g.context], []).append(g)
+    scores = {}
+    for name in sorted(by_context):
+        chosen = sorted(by_context[name], key=lambda g: (-len(g.target_idx), g.label))[:MAX_GROUPS]
+        totals = np.zeros(len(DECODINGS))
+        for g in chosen:
+            src = np.sort(rng.choice(g.source_idx, min(len(g.source_idx), MAX_CELLS), replace=False))
+            tgt = np.sort(rng.choice(g.target_idx, min(len(g.target_idx), MAX_CELLS), replace=False))
+            real_src, real_tgt = real(src), real(tgt)
+            n_pcs = min(N_PCS, len(src) + len(tgt) - 1, real_tgt.shape[1])
+            pca = PCA(n_components=n_pcs, random_state=seed).fit(np.concatenate([real_src, real_tgt]))
+            tgt_pcs = pca.transform(real_tgt)
+            totals += [energy_distance(pca.transform(predicted(g, src, d == "exact")), tgt_pcs) for d in DECODINGS]
+        scores[name] = dict(zip(DECODINGS, (totals / len(chosen)).tolist()))
+    return scores
+
+
+def choose_decoding(scores: dict[str, dict[str, float]], weights: dict[str, float]) -> str:
+    """The decoding whose ``scores`` over the measured contexts, weighted by ``weights``
+    (``{context: weight}``, the contexts to use), are smallest; ``"exact"`` without any."""
+    used = [c for c in weights if c in scores]
+    if not used:
+        return DECODINGS[0]
+    w = np.array([weights[c] for c in used], dtype=np.float64)
+    w = w / w.sum() if w.sum() > 0 else np.full(len(used), 1.0 / len(used))
+    totals = [float(w @ np.array([scores[c][d] for c in used])) for d in DECODINGS]
+    return DECODINGS[int(np.argmin(np.round(totals, 9)))]

@@ -1,0 +1,44 @@
+"""The choice between keeping a group's mean exact and clipping, made on measured contexts."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from perturbflow.data import Group
+from perturbflow.train import DECODINGS, choose_decoding, decoding_scores
+
+
+def test_choose_decoding_weighs_the_measured_contexts():
+    scores = {"A": {"exact": 1.0, "clipped": 2.0}, "B": {"exact": 3.0, "clipped": 1.0}}
+    assert choose_decoding(scores, {"A": 0.9, "B": 0.1}) == "exact"  # 1.2 against 1.9
+    assert choose_decoding(scores, {"A": 0.1, "B": 0.9}) == "clipped"  # 2.8 against 1.1
+    assert choose_decoding(scores, {"B": 1.0}) == "clipped"
+    assert choose_decoding(scores, {"A": 2.0, "B": 1.0}) == "exact"  # a tie: 5/3 each (weights normalised)
+    assert choose_decoding(scores, {}) == "exact"  # nothing measured: the default
+    assert choose_decoding(scores, {"C": 1.0}) == "exact"
+
+
+def test_decoding_scores_prefer_the_decoding_that_reproduces_the_real_cells():
+    """Two contexts; in each the perturbation moves every cell by +1.5 in every gene. The
+    "exact" decoding predicts that move, "clipped" none: its energy distance is the larger."""
+    rng = np.random.default_rng(0)
+    n, genes = 100, 12
+    data = rng.normal(size=(4 * n, genes))
+    data[n : 2 * n] += 1.5  # context 0: controls 0..n, perturbed n..2n
+    data[3 * n :] += 1.5  # context 1: controls 2n..3n, perturbed 3n..4n
+    groups = [
+        Group("P", 0, np.array([1]), np.arange(n, 2 * n), np.arange(n), np.zeros(2)),
+        Group("P", 1, np.array([1]), np.arange(3 * n, 4 * n), np.arange(2 * n, 3 * n), np.zeros(2)),
+    ]
+    calls = []
+
+    def predicted(group, rows, exact):
+        calls.append((group.context, len(rows), exact))
+        return data[rows] + (1.5 if exact else 0.0)
+
+    scores = decoding_scores(groups, ["ctx0", "ctx1"], lambda rows: data[rows], predicted, seed=0)
+    assert set(scores) == {"ctx0", "ctx1"}
+    for s in scores.values():
+        assert set(s) == set(DECODINGS)
+        assert s["exact"] < 0.1 * s["clipped"]
+    assert sorted(calls) == [(0, n, False), (0, n, True), (1, n, False), (1, n, True)]
