@@ -7,6 +7,10 @@ predicted cells do to the headline metrics (no training; a minute on 2 cores):
 
 - ``mean_exact``: per gene, the shift that makes the clipped cells' mean equal the target
   mean (found by bisection), so clipping no longer biases the mean;
+- ``mean_zeroed`` / ``mean_thinned``: the clipped cells of a gene whose mean clipping
+  lifted are set to 0, the lowest first (``zeroed``) or at random (``thinned``, as thinning
+  of counts makes zeros), until the mean is the target (the last cell only lowered), so the
+  mean is exact while the other cells keep the additive change;
 - ``single_cells``: the measured cells of each single gene moved by the other single's mean
   change (both halves, twice as many cells as the controls);
 - ``single_cells_subsampled``: the same with as many cells as the controls (half from each).
@@ -33,7 +37,23 @@ from perturbflow.data import mean_exact_shift
 from perturbflow.data._expression import TARGET_SUM, dense_rows, log_normalize_rows
 from perturbflow.metrics import summarize
 
-VARIANTS = ["additive", "mean_exact", "single_cells", "single_cells_subsampled"]
+VARIANTS = ["additive", "mean_exact", "mean_zeroed", "mean_thinned", "single_cells", "single_cells_subsampled"]
+
+
+def zero_to_mean(cells: np.ndarray, target: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``cells`` (n, G) with, per gene whose mean exceeds ``target``, the cells set to 0 in
+    the order of ``order`` (n, G: ranks, lowest first) until the mean is ``target``."""
+    out = cells.copy()
+    n = len(cells)
+    for g in np.flatnonzero(cells.mean(0) > target + 1e-9):
+        excess = (cells[:, g].mean() - max(target[g], 0.0)) * n  # what the zeroed cells must remove
+        for i in np.argsort(order[:, g]):
+            if excess <= 0:
+                break
+            cut = min(out[i, g], excess)
+            out[i, g] -= cut
+            excess -= cut
+    return out
 
 
 def predict(variant: str, logx, lib, labels, combo: str, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -45,6 +65,11 @@ def predict(variant: str, logx, lib, labels, combo: str, rng) -> tuple[np.ndarra
     ctrl = rows["control"]
     if variant == "additive":
         return np.maximum(logx[ctrl] + shift_a + shift_b, 0), lib[ctrl]
+    if variant in ("mean_zeroed", "mean_thinned"):
+        moved = logx[ctrl] + shift_a + shift_b
+        clipped = np.maximum(moved, 0)
+        order = clipped if variant == "mean_zeroed" else rng.random(clipped.shape)
+        return zero_to_mean(clipped, moved.mean(0), order), lib[ctrl]
     if variant == "mean_exact":
         return np.maximum(logx[ctrl] + mean_exact_shift(logx[ctrl], shift_a + shift_b), 0), lib[ctrl]
     ra, rb = rows[a], rows[b]

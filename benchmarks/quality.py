@@ -19,7 +19,8 @@ Each (fold, seed) trains the default model once and scores, on the same held-out
   transfer of the mean change added to every cell, the decode of sessions 1-4),
   ``prior_mean`` (``gene_offset="prior_mean"``: each group's mean change from the gene-space
   transfer, each cell's deviation from it decoded), ``exact_mean`` (``exact_mean=True``: each
-  group's mean kept where its cells' moves add up to; session 11's default) and
+  group's mean kept where its cells' moves add up to, by thinning), ``exact_shift`` (the same
+  by one shift per gene; session 11's default) and
   ``mean_clipped`` (``exact_mean=False``: cells moved below 0 clipped without restoring the
   group's mean; sessions 1-10);
   with ``--ablation`` also ``flow_only`` (a model trained without the baseline prior);
@@ -103,11 +104,12 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
     model.config.gene_offset = "prior_mean"  # the group's mean change from gene space, each cell's deviation decoded
     tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, "prior_mean"))
     model.config.gene_offset = config.get("gene_offset", "residual")
-    chosen = model.config.exact_mean
-    for forced, name in ((True, "exact_mean"), (False, "mean_clipped")):  # each way of decoding, everywhere
-        model.config.exact_mean = forced
+    chosen, by = model.config.exact_mean, model.config.exact_mean_by
+    for forced, how, name in ((True, "thinning", "exact_mean"), (True, "shift", "exact_shift"),
+                              (False, by, "mean_clipped")):  # each way of decoding, everywhere
+        model.config.exact_mean, model.config.exact_mean_by = forced, how
         tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, name))
-    model.config.exact_mean = chosen
+    model.config.exact_mean, model.config.exact_mean_by = chosen, by
     scgen = model.predict(controls, task.perturbations, seed=seed, method="latent_shift")
     tables += [score(scgen, task, seed, "latent_shift"), score(scgen, task, seed, "latent_shift_X", pred_layer=None)]
     if ablation:

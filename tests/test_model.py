@@ -162,7 +162,7 @@ def test_prediction_moves_each_cell_by_its_own_decoded_change(trained_model, con
     latent to latent + prior, plus the gene-space residual the latent does not carry; with
     ``exact_mean`` each group (here: a cell type) also moves by the per-gene shift that keeps
     its mean, after clipping at 0, where those moves add up to."""
-    pred = _without_correction(trained_model, controls, exact_mean=exact_mean)
+    pred = _without_correction(trained_model, controls, exact_mean=exact_mean, exact_mean_by="shift")
     counts = controls.X.toarray() if hasattr(controls.X, "toarray") else np.asarray(controls.X)
     src = controls.obs_names.get_indexer(pred.obs["source_cell"])
     library = counts[src].sum(1)
@@ -188,8 +188,12 @@ def test_prediction_moves_each_cell_by_its_own_decoded_change(trained_model, con
     assert np.std(trained_model.vae.log_change(z0, z1, library), axis=0).max() > 1e-3
 
 
-def test_exact_mean_puts_each_groups_mean_where_the_moves_add_up(trained_model, controls):
-    exact = _without_correction(trained_model, controls, exact_mean=True)
+@pytest.mark.parametrize("by", ["shift", "thinning"])
+def test_exact_mean_puts_each_groups_mean_where_the_moves_add_up(trained_model, controls, by):
+    """Clipping at 0 lifts a falling gene's mean; the exact mean puts it back: exactly with
+    one shift per gene, in expectation by thinning (each cell keeps its clipped move or is
+    set to 0)."""
+    exact = _without_correction(trained_model, controls, exact_mean=True, exact_mean_by=by)
     clipped = _without_correction(trained_model, controls, exact_mean=False)
     counts = controls.X.toarray() if hasattr(controls.X, "toarray") else np.asarray(controls.X)
     src = controls.obs_names.get_indexer(exact.obs["source_cell"])
@@ -201,9 +205,18 @@ def test_exact_mean_puts_each_groups_mean_where_the_moves_add_up(trained_model, 
         change = trained_model.vae.log_change(z0[rows], exact.obsm["X_perturbflow"][rows]) + residual
         target = np.maximum((_log_expression(counts, src[rows]) + change).mean(0), 0)
         got = _log_expression(counts, src[rows], exact.layers["expected"][rows]).mean(0)
-        np.testing.assert_allclose(got, target, atol=1e-4)
         lifted = _log_expression(counts, src[rows], clipped.layers["expected"][rows]).mean(0)
         assert np.all(lifted >= target - 1e-5) and (lifted - target).max() > 1e-3
+        if by == "shift":
+            np.testing.assert_allclose(got, target, atol=1e-4)
+            continue
+        kept = exact.layers["expected"][rows]
+        same = np.isclose(kept, clipped.layers["expected"][rows], rtol=1e-4, atol=1e-4)
+        assert np.all(same | (kept == 0)) and not same.all()  # cells set to 0, the others untouched
+        falling = lifted - target > 0.05
+        # exact in expectation: far nearer the target than the lifted mean, and not biased
+        assert np.abs(got - target)[falling].mean() < 0.5 * (lifted - target)[falling].mean()
+        assert abs((got - target)[falling].mean()) < 0.25 * (lifted - target)[falling].mean()
 
 
 def test_exact_mean_is_applied_per_context(trained_model, controls):

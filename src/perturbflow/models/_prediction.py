@@ -125,6 +125,7 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
         "context_bandwidth": bandwidths,
         "gene_offset": model.config.gene_offset if model.config.residual_prior else "none",
         "exact_mean": {c: bool(e and moves) for c, e in exact.items()},
+        "exact_mean_by": model.config.exact_mean_by,
         "perturbation_key": reg.perturbation_key,
         "control_value": reg.control_value,
         "context_keys": list(reg.context_keys),
@@ -180,6 +181,7 @@ def decode_moves(model, z_ref, z_pred, counts, rows, gene_shift, shift_of_rows, 
         seed=seed,
         change_scale=model.config.cell_response if model.config.gene_offset == "residual" else 1.0,
         exact_mean=exact_mean,
+        exact_by=model.config.exact_mean_by,
     )
 
 

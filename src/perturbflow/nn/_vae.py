@@ -300,6 +300,7 @@ class CountVAE:
         seed: int = 0,
         change_scale: float = 1.0,
         exact_mean: bool | Sequence[bool] = False,
+        exact_by: str = "thinning",
     ) -> tuple[sp.csr_matrix, np.ndarray]:
         """Move real source cells by the decoded change from ``z_0`` to ``z_1``.
 
@@ -309,11 +310,15 @@ class CountVAE:
         log-normalised counts (the decoded change times ``change_scale``). The decoder's
         reconstruction error cancels in the
         difference, and each predicted cell keeps the identity and noise of its source cell.
-        With ``exact_mean``, each group of rows (a value of ``shift_of_rows``) is also moved
-        by the per-gene shift that keeps its mean where the moves add up to once cells
-        are clipped at 0 (:func:`~perturbflow.data.mean_exact_shift`, estimated on at most
-        ``EXACT_MEAN_CELLS`` of its cells, on the genes where some of them are clipped); a
-        sequence of booleans says it for each group.
+
+        Moved cells are clipped at 0, which lifts the mean of a gene that goes down. With
+        ``exact_mean`` (a sequence of booleans says it for each group of rows, a value of
+        ``shift_of_rows``), each group's mean is kept where its moves add up to, on the genes
+        where some of its cells are clipped, estimated on at most ``EXACT_MEAN_CELLS`` of its
+        cells: with ``exact_by="thinning"`` each of its cells is set to 0 in such a gene with
+        the probability ``1 - target / clipped mean`` (as thinning of counts makes zeros;
+        exact in expectation), with ``"shift"`` every cell is moved by the per-gene shift of
+        :func:`~perturbflow.data.mean_exact_shift`.
         Expected counts are rounded stochastically to integers, unbiased on the
         log-normalised scale (see :func:`log_space_round`; computed here in torch, chunk by
         chunk, with the same draws).
@@ -326,15 +331,23 @@ class CountVAE:
         groups = np.zeros(len(rows), dtype=np.int64) if shift_of_rows is None else np.asarray(shift_of_rows)
         shifts = None if gene_shift is None else torch.as_tensor(gene_shift, dtype=torch.float32, device=device)  # (K, G)
         exact = np.broadcast_to(np.asarray(exact_mean, dtype=bool), (int(groups.max()) + 1,))
-        if exact.any():  # the shifts of each group that undo the lift of clipping at 0
-            keep = self._exact_mean_shifts(z_0, z_1, counts, rows, shifts, groups, seed, change_scale, exact)  # (K, G)
-            shifts = keep if shifts is None else shifts + keep
+        drop = None  # (K, G): the chance that a cell of the group is set to 0 in the gene
+        if exact.any():  # what undoes the lift of clipping at 0, per group and gene
+            fix = self._exact_mean_fix(z_0, z_1, counts, rows, shifts, groups, seed, change_scale, exact, exact_by)
+            if exact_by == "shift":
+                shifts = fix if shifts is None else shifts + fix
+            else:
+                drop = fix
+        thinning = torch.Generator(device=device).manual_seed(int(seed) + 1)  # apart from the rounding's draws
         samples = []
         means = np.empty((len(rows), self.module.n_input), dtype=np.float32)
         for start in range(0, len(rows), CHUNK):
             at = np.arange(start, min(start + CHUNK, len(rows)))
             moved, scale = self._moved(z_0, z_1, counts, rows, at, shifts, groups, change_scale)
             moved.clamp_(min=0)  # (n, G) log1p-normalised
+            if drop is not None:
+                chance = drop[torch.as_tensor(groups[at], device=device)]  # (n, G)
+                moved.masked_fill_(torch.rand(moved.shape, generator=thinning, device=device) < chance, 0.0)
             expected = torch.expm1(moved).div_(scale)  # (n, G)
             u = torch.from_numpy(rng.random(moved.shape[1])).to(device)  # (G,) as log_space_round draws them
             sampled = _log_space_round_torch(expected, moved, scale, u)
@@ -356,9 +369,10 @@ class CountVAE:
             change.add_(shifts[torch.as_tensor(groups[at], device=device)])
         return torch.log1p(x.mul_(scale)).add_(change), scale
 
-    def _exact_mean_shifts(self, z_0, z_1, counts, rows, shifts, groups, seed, change_scale, exact) -> torch.Tensor:
-        """Per group ``k`` with ``exact[k]``, the per-gene shift after which its cells' mean,
-        clipped at 0, is the mean of their moves (0 for the other groups), ``(K, G)``."""
+    def _exact_mean_fix(self, z_0, z_1, counts, rows, shifts, groups, seed, change_scale, exact, by) -> torch.Tensor:
+        """Per group ``k`` with ``exact[k]``, what keeps its cells' mean, clipped at 0, at the
+        mean of their moves, ``(K, G)``: the per-gene shift (``by="shift"``) or the chance
+        of setting a cell to 0 (``"thinning"``); 0 for the other groups and genes."""
         rng = np.random.default_rng([seed, 1])  # apart from the rounding's draws
         out = torch.zeros(len(exact), self.module.n_input, device=self.device)
         for k in np.unique(groups):
@@ -369,8 +383,14 @@ class CountVAE:
                 at = np.sort(rng.choice(at, EXACT_MEAN_CELLS, replace=False))
             moved = self._moved(z_0, z_1, counts, rows, at, shifts, groups, change_scale)[0].cpu().numpy()
             clipped = np.flatnonzero((moved < 0).any(0))  # the other genes' means are already exact
-            keep = mean_exact_shift(moved[:, clipped], np.zeros(len(clipped), dtype=np.float32))
-            out[k, torch.from_numpy(clipped).to(self.device)] = torch.from_numpy(np.asarray(keep, dtype=np.float32)).to(self.device)
+            cells = moved[:, clipped]
+            if by == "shift":
+                fix = mean_exact_shift(cells, np.zeros(len(clipped), dtype=np.float32))
+            else:
+                lifted = np.maximum(cells, 0).mean(0)
+                target = np.maximum(cells.mean(0), 0)
+                fix = np.where(lifted > 0, 1 - target / np.maximum(lifted, 1e-12), 0.0).clip(0, 1)
+            out[k, torch.from_numpy(clipped).to(self.device)] = torch.from_numpy(np.asarray(fix, dtype=np.float32)).to(self.device)
         return out
 
     @torch.no_grad()
