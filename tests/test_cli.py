@@ -119,6 +119,7 @@ def test_predict_writes_and_refuses_overwrite(capsys, files):
     # what the flow contributed is said, per context, and recorded with the prediction
     applied = pred.uns["perturbflow_prediction"]["flow_correction"]
     assert "flow correction applied" in printed and all(c in printed for c in applied)
+    assert "group means kept exact" in printed
     stamp = out.stat().st_mtime_ns
     code, err = run(capsys, *args)
     assert_one_line_error(code, err, "already exists")

@@ -142,6 +142,9 @@ def test_auto_probes_the_nearest_measured_context_and_predicts_with_its_choice(t
     transfer = model.prior.transfer
     assert set(next(iter(transfer.local_errors.values()))) == set(contexts) - {new}
     assert info["context_bandwidth"][new] == transfer.bandwidth_in(new)  # described by its stored control mean
+    # so is whether the group means are kept exact, from the measured contexts' scores
+    assert set(model.decoding_scores) == set(contexts) - {new}
+    assert info["exact_mean"][new] is model.exact_mean_in(new)
 
     model.save(tmp_path / "model")
     loaded = pf.PerturbFlow.load(tmp_path / "model")
