@@ -18,9 +18,9 @@ Each (fold, seed) trains the default model once and scores, on the same held-out
   correction, or only its shape: ``new_context_flow``), ``gene_space_prior`` (the gene-space
   transfer of the mean change added to every cell, the decode of sessions 1-4),
   ``prior_mean`` (``gene_offset="prior_mean"``: each group's mean change from the gene-space
-  transfer, each cell's deviation from it decoded), ``exact_mean`` (``exact_mean=True``: each
-  group's mean kept where its cells' moves add up to, by thinning), ``exact_shift`` (the same
-  by one shift per gene; session 11's default) and
+  transfer, each cell's deviation from it decoded), ``exact_zeroing`` / ``exact_thinning`` /
+  ``exact_shift`` (``exact_mean=True`` in every context: each group's mean kept where its
+  cells' moves add up to, by each ``exact_mean_by``; the shift was session 11's default) and
   ``mean_clipped`` (``exact_mean=False``: cells moved below 0 clipped without restoring the
   group's mean; sessions 1-10);
   with ``--ablation`` also ``flow_only`` (a model trained without the baseline prior);
@@ -105,8 +105,8 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
     tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, "prior_mean"))
     model.config.gene_offset = config.get("gene_offset", "residual")
     chosen, by = model.config.exact_mean, model.config.exact_mean_by
-    for forced, how, name in ((True, "thinning", "exact_mean"), (True, "shift", "exact_shift"),
-                              (False, by, "mean_clipped")):  # each way of decoding, everywhere
+    for forced, how, name in ((True, "zeroing", "exact_zeroing"), (True, "thinning", "exact_thinning"),
+                              (True, "shift", "exact_shift"), (False, by, "mean_clipped")):  # each decoding, everywhere
         model.config.exact_mean, model.config.exact_mean_by = forced, how
         tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, name))
     model.config.exact_mean, model.config.exact_mean_by = chosen, by

@@ -188,11 +188,11 @@ def test_prediction_moves_each_cell_by_its_own_decoded_change(trained_model, con
     assert np.std(trained_model.vae.log_change(z0, z1, library), axis=0).max() > 1e-3
 
 
-@pytest.mark.parametrize("by", ["shift", "thinning"])
+@pytest.mark.parametrize("by", ["shift", "zeroing", "thinning"])
 def test_exact_mean_puts_each_groups_mean_where_the_moves_add_up(trained_model, controls, by):
     """Clipping at 0 lifts a falling gene's mean; the exact mean puts it back: exactly with
-    one shift per gene, in expectation by thinning (each cell keeps its clipped move or is
-    set to 0)."""
+    one shift per gene; by zeroing (its lowest cells set to 0) to within a cell, or in
+    expectation by thinning (cells set to 0 at random); the other cells keep their moves."""
     exact = _without_correction(trained_model, controls, exact_mean=True, exact_mean_by=by)
     clipped = _without_correction(trained_model, controls, exact_mean=False)
     counts = controls.X.toarray() if hasattr(controls.X, "toarray") else np.asarray(controls.X)
@@ -214,6 +214,12 @@ def test_exact_mean_puts_each_groups_mean_where_the_moves_add_up(trained_model, 
         same = np.isclose(kept, clipped.layers["expected"][rows], rtol=1e-4, atol=1e-4)
         assert np.all(same | (kept == 0)) and not same.all()  # cells set to 0, the others untouched
         falling = lifted - target > 0.05
+        if by == "zeroing":  # the lowest cells, and the mean within a cell's share of the target
+            moved_before = _log_expression(counts, src[rows], clipped.layers["expected"][rows])
+            for g in np.flatnonzero(~same.all(0)):
+                assert moved_before[~same[:, g], g].max() <= moved_before[same[:, g] & (kept[:, g] > 0), g].min() + 1e-5
+            assert np.all(np.abs(got - target) <= moved_before.max(0) / rows.sum() + 1e-4)
+            continue
         # exact in expectation: far nearer the target than the lifted mean, and not biased
         assert np.abs(got - target)[falling].mean() < 0.5 * (lifted - target)[falling].mean()
         assert abs((got - target)[falling].mean()) < 0.25 * (lifted - target)[falling].mean()

@@ -121,13 +121,14 @@ class PerturbFlowConfig:
         0.050 -> 0.142), Kang mean energy excess 0.733 -> 0.642 but worse on 3 of 7 cell
         types, McFaline level; "Session 12" measures ``"auto"``.
     exact_mean_by
-        How the mean is kept exact: ``"thinning"`` sets cells of a falling gene to 0 at
-        random, with the chance that puts the group's mean where its moves add up to (as
-        thinning of counts makes zeros; the other cells keep their own moves), ``"shift"``
-        moves every cell of the group by one per-gene shift (session 11). On Norman's
-        combinations in gene space (the additive change, ``benchmarks/additive_variants.py``),
-        thinning keeps the Pearson of the shift (0.942 against 0.941) at a lower energy
-        excess (0.093 against 0.121).
+        How the mean is kept exact: ``"zeroing"`` sets the lowest cells of a falling gene to 0,
+        up to the level that puts the group's mean where its moves add up to (the other cells
+        keep their own moves), ``"thinning"`` sets its cells to 0 at random with the chance
+        that does it (as thinning of counts makes zeros), ``"shift"`` moves every cell of the
+        group by one per-gene shift (session 11). On Norman's combinations in gene space (the
+        additive change, ``benchmarks/additive_variants.py``) each keeps the Pearson of the
+        shift (0.941-0.942) at a lower energy excess (zeroing 0.098, thinning 0.093, shift
+        0.121); with the model's moves see benchmarks/RESULTS.md, "Session 12".
     reflow_steps
         Fine-tuning steps of one reflow after the flow is fitted (0: none): the flow is
         trained again on the pairs ``(x_0, flow(x_0))`` it makes itself, which straightens
@@ -167,7 +168,7 @@ class PerturbFlowConfig:
     gene_offset: Literal["residual", "baseline", "prior_mean"] = "residual"
     cell_response: float = 1.0
     exact_mean: bool | Literal["auto"] = "auto"
-    exact_mean_by: Literal["thinning", "shift"] = "thinning"
+    exact_mean_by: Literal["zeroing", "thinning", "shift"] = "zeroing"
     reflow_steps: int = 0
     n_steps: int = 4
     solver: Literal["euler", "midpoint", "adaptive"] = "midpoint"

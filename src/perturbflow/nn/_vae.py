@@ -104,6 +104,20 @@ def _log_space_round_torch(
     return lo.add_(up.view(torch.uint8).t().contiguous())  # bytes transpose faster than bools
 
 
+def zeroing_level(moved: np.ndarray) -> np.ndarray:
+    """Per gene of ``moved`` (cells' log expression after their moves, before clipping at 0,
+    ``(n, G)``), the level ``t`` such that setting the clipped cells at or below ``t`` to 0
+    brings their mean down to the mean of the moves (or to 0): the smallest cells first,
+    until at least the excess is removed; 0 where clipping lifts nothing."""
+    clipped = np.maximum(moved, 0)
+    excess = (clipped.mean(0) - np.maximum(moved.mean(0), 0)) * len(moved)  # (G,) to remove
+    ordered = np.sort(clipped, axis=0)  # (n, G) ascending, zeros first
+    removed = np.cumsum(ordered, axis=0)  # what setting the first i + 1 cells to 0 removes
+    first = np.minimum((removed < excess[None, :] - 1e-9).sum(0), len(moved) - 1)  # first index reaching it
+    level = ordered[first, np.arange(moved.shape[1])]
+    return np.where(excess > 1e-9, level, 0.0)
+
+
 def _csr(block: torch.Tensor) -> sp.csr_matrix:
     """A dense, integer-valued ``(n, G)`` tensor as an int32 CSR matrix."""
     values = block.numpy()
@@ -318,7 +332,9 @@ class CountVAE:
         cells: with ``exact_by="thinning"`` each of its cells is set to 0 in such a gene with
         the probability ``1 - target / clipped mean`` (as thinning of counts makes zeros;
         exact in expectation), with ``"shift"`` every cell is moved by the per-gene shift of
-        :func:`~perturbflow.data.mean_exact_shift`.
+        :func:`~perturbflow.data.mean_exact_shift`, with ``"zeroing"`` its lowest cells in
+        such a gene are set to 0 up to the level that puts the mean back
+        (:func:`zeroing_level`; the others keep their own moves).
         Expected counts are rounded stochastically to integers, unbiased on the
         log-normalised scale (see :func:`log_space_round`; computed here in torch, chunk by
         chunk, with the same draws).
@@ -331,11 +347,13 @@ class CountVAE:
         groups = np.zeros(len(rows), dtype=np.int64) if shift_of_rows is None else np.asarray(shift_of_rows)
         shifts = None if gene_shift is None else torch.as_tensor(gene_shift, dtype=torch.float32, device=device)  # (K, G)
         exact = np.broadcast_to(np.asarray(exact_mean, dtype=bool), (int(groups.max()) + 1,))
-        drop = None  # (K, G): the chance that a cell of the group is set to 0 in the gene
+        drop = floor = None  # (K, G): the chance that a cell is set to 0, or the level up to which
         if exact.any():  # what undoes the lift of clipping at 0, per group and gene
             fix = self._exact_mean_fix(z_0, z_1, counts, rows, shifts, groups, seed, change_scale, exact, exact_by)
             if exact_by == "shift":
                 shifts = fix if shifts is None else shifts + fix
+            elif exact_by == "zeroing":
+                floor = fix
             else:
                 drop = fix
         thinning = torch.Generator(device=device).manual_seed(int(seed) + 1)  # apart from the rounding's draws
@@ -348,6 +366,8 @@ class CountVAE:
             if drop is not None:
                 chance = drop[torch.as_tensor(groups[at], device=device)]  # (n, G)
                 moved.masked_fill_(torch.rand(moved.shape, generator=thinning, device=device) < chance, 0.0)
+            if floor is not None:
+                moved.masked_fill_(moved <= floor[torch.as_tensor(groups[at], device=device)], 0.0)
             expected = torch.expm1(moved).div_(scale)  # (n, G)
             u = torch.from_numpy(rng.random(moved.shape[1])).to(device)  # (G,) as log_space_round draws them
             sampled = _log_space_round_torch(expected, moved, scale, u)
@@ -371,8 +391,9 @@ class CountVAE:
 
     def _exact_mean_fix(self, z_0, z_1, counts, rows, shifts, groups, seed, change_scale, exact, by) -> torch.Tensor:
         """Per group ``k`` with ``exact[k]``, what keeps its cells' mean, clipped at 0, at the
-        mean of their moves, ``(K, G)``: the per-gene shift (``by="shift"``) or the chance
-        of setting a cell to 0 (``"thinning"``); 0 for the other groups and genes."""
+        mean of their moves, ``(K, G)``: the per-gene shift (``by="shift"``), the level up to
+        which cells are set to 0 (``"zeroing"``) or the chance of setting a cell to 0
+        (``"thinning"``); 0 for the other groups and genes."""
         rng = np.random.default_rng([seed, 1])  # apart from the rounding's draws
         out = torch.zeros(len(exact), self.module.n_input, device=self.device)
         for k in np.unique(groups):
@@ -386,6 +407,8 @@ class CountVAE:
             cells = moved[:, clipped]
             if by == "shift":
                 fix = mean_exact_shift(cells, np.zeros(len(clipped), dtype=np.float32))
+            elif by == "zeroing":
+                fix = zeroing_level(cells)
             else:
                 lifted = np.maximum(cells, 0).mean(0)
                 target = np.maximum(cells.mean(0), 0)
