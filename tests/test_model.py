@@ -10,7 +10,7 @@ import torch
 import perturbflow as pf
 from perturbflow import PerturbFlowError
 from perturbflow.data import mean_exact_shift
-from perturbflow.train import DECODINGS, choose_decoding
+from perturbflow.train import choose_decoding
 from tests.conftest import is_integer_matrix
 
 
@@ -66,7 +66,7 @@ def test_save_load_round_trip(trained_model, controls, tmp_path):
     files = {p.name for p in (tmp_path / "model").iterdir()}
     assert {"perturbflow.json", "flow.pt", "vae"} <= files
     loaded = pf.PerturbFlow.load(tmp_path / "model")
-    assert loaded.decoding_scores == trained_model.decoding_scores and loaded.decoding_scores
+    assert loaded.decoding_scores == trained_model.decoding_scores
     a = trained_model.predict(controls, perturbations=["G0+G1"], seed=3)
     b = loaded.predict(controls, perturbations=["G0+G1"], seed=3)
     assert np.allclose(a.layers["expected"], b.layers["expected"], rtol=1e-5, atol=1e-5)
@@ -99,12 +99,12 @@ def test_flow_correction_in_seen_and_new_contexts(trained_model, controls):
         saved = trained_model.correction_scale, trained_model.flow_contexts, trained_model.config.new_context_flow
         trained_model.correction_scale, trained_model.flow_contexts = scale, flow_contexts
         trained_model.config.new_context_flow = new_context_flow
-        trained_model.config.exact_mean = True  # the same decoding in seen and new contexts
+        saved_exact, trained_model.config.exact_mean = trained_model.config.exact_mean, True  # alike everywhere
         try:
             return trained_model.predict(controls, perturbations=["G0"], seed=0)
         finally:
             trained_model.correction_scale, trained_model.flow_contexts, trained_model.config.new_context_flow = saved
-            trained_model.config.exact_mean = "auto"
+            trained_model.config.exact_mean = saved_exact
 
     fitted = list(trained_model.flow_contexts)
     assert fitted, "the synthetic data has perturbed cells in its contexts"
@@ -245,37 +245,39 @@ def test_exact_mean_is_applied_per_context(trained_model, controls):
 
 
 def test_exact_mean_auto_decides_a_new_context_on_the_measured_ones(trained_model, controls):
-    """``exact_mean="auto"`` (the default): every measured context was predicted from the
-    others both ways at training; a context the flow was fitted in keeps the exact mean, a
-    new one takes the decoding that scored better on the measured contexts, weighted by
-    their similarity to it."""
-    scores = trained_model.decoding_scores
-    assert trained_model.config.exact_mean == "auto"
-    assert set(scores) == set(trained_model.flow_contexts) and len(scores) >= 2
-    assert all(set(s) == set(DECODINGS) and all(np.isfinite(list(s.values()))) for s in scores.values())
-    assert all(trained_model.exact_mean_in(c) for c in trained_model.flow_contexts)
-    saved = trained_model.flow_contexts, dict(scores)
+    """``exact_mean="auto"``: a context the flow was fitted in keeps the exact mean; a new one
+    takes the decoding that predicted the measured contexts better (``decoding_scores``, from
+    training; see tests/test_new_context.py), weighted by their similarity to it."""
+    contexts = sorted(trained_model.flow_contexts)
+    assert len(contexts) >= 2, "the synthetic data has perturbed cells in its contexts"
+    saved = trained_model.flow_contexts, trained_model.decoding_scores, trained_model.config.exact_mean
     try:
+        trained_model.config.exact_mean = "auto"
+        # the first context was predicted best clipped, every other one best exact
+        trained_model.decoding_scores = {c: {"exact": 1.0 + (c == contexts[0]), "clipped": 1.5} for c in contexts}
+        assert all(trained_model.exact_mean_in(c) for c in contexts)  # contexts the flow was fitted in
         trained_model.flow_contexts = []  # every context new to the flow
-        for c in scores:
-            others = sorted(o for o in scores if o != c)
-            weights = trained_model.gene_prior.transfer.weights(c, others)
-            expected = choose_decoding(scores, dict(zip(others, weights))) == "exact"
+        for c in contexts:
+            others = [o for o in contexts if o != c]
+            weights = dict(zip(others, trained_model.gene_prior.transfer.weights(c, others)))
+            expected = choose_decoding(trained_model.decoding_scores, weights) == "exact"
             assert trained_model.exact_mean_in(c) is expected
         # where clipping predicted every measured context better, a new context is clipped
-        trained_model.decoding_scores = {c: {"exact": 2.0, "clipped": 1.0} for c in scores}
+        trained_model.decoding_scores = {c: {"exact": 2.0, "clipped": 1.0} for c in contexts}
         pred = _without_correction(trained_model, controls)
         assert set(pred.uns["perturbflow_prediction"]["exact_mean"].values()) == {False}
         clipped = _without_correction(trained_model, controls, exact_mean=False)
         np.testing.assert_allclose(pred.layers["expected"], clipped.layers["expected"], rtol=1e-5, atol=1e-5)
+        trained_model.decoding_scores = {}  # nothing measured: exact
+        assert all(trained_model.exact_mean_in(c) for c in contexts)
     finally:
-        trained_model.flow_contexts, trained_model.decoding_scores = saved
+        trained_model.flow_contexts, trained_model.decoding_scores, trained_model.config.exact_mean = saved
 
 
 def test_prior_mean_gives_each_group_the_gene_space_mean_change(trained_model, controls):
     """``gene_offset="prior_mean"``: the group's mean change is the gene-space baseline's,
     each cell's deviation from it the decoder's."""
-    pred = _without_correction(trained_model, controls, gene_offset="prior_mean")
+    pred = _without_correction(trained_model, controls, gene_offset="prior_mean", exact_mean_by="shift")
     counts = controls.X.toarray() if hasattr(controls.X, "toarray") else np.asarray(controls.X)
     src = controls.obs_names.get_indexer(pred.obs["source_cell"])
     contexts = pred.obs["cell_type"].to_numpy()

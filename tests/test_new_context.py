@@ -9,6 +9,7 @@ import pytest
 import perturbflow as pf
 from perturbflow.data import Group
 from perturbflow.train import (
+    DECODINGS,
     GeneSpace,
     apply_part,
     best_parts,
@@ -118,7 +119,7 @@ def test_auto_probes_the_nearest_measured_context_and_predicts_with_its_choice(t
     adata.obs["split"] = np.where(perturbed & (adata.obs["cell_type"] == new), "test", "train")
     pf.PerturbFlow.setup_anndata(adata, perturbation_key="perturbation", control_value="control",
                                  context_keys=["cell_type"], split_key="split")
-    model = pf.PerturbFlow(adata, n_latent=6, flow_steps_per_epoch=10)
+    model = pf.PerturbFlow(adata, n_latent=6, flow_steps_per_epoch=10, exact_mean="auto")
     model.train(max_epochs=4, progress_bar=False)
 
     (held,) = model.new_context_parts  # the measured context nearest the new one, by control latents
@@ -142,8 +143,10 @@ def test_auto_probes_the_nearest_measured_context_and_predicts_with_its_choice(t
     transfer = model.prior.transfer
     assert set(next(iter(transfer.local_errors.values()))) == set(contexts) - {new}
     assert info["context_bandwidth"][new] == transfer.bandwidth_in(new)  # described by its stored control mean
-    # so is whether the group means are kept exact, from the measured contexts' scores
+    # with exact_mean="auto", so is whether the group means are kept exact: each measured
+    # context was predicted from the others, both ways, and scored against its real cells
     assert set(model.decoding_scores) == set(contexts) - {new}
+    assert all(set(s) == set(DECODINGS) and all(np.isfinite(list(s.values()))) for s in model.decoding_scores.values())
     assert info["exact_mean"][new] is model.exact_mean_in(new)
 
     model.save(tmp_path / "model")
