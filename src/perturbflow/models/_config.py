@@ -128,7 +128,7 @@ class PerturbFlowConfig:
         group by one per-gene shift (session 11). With the model's moves (benchmarks/RESULTS.md,
         "Session 12", seed 0): Norman top-20 Pearson / energy excess 0.943 / 0.112 by zeroing,
         0.942 / 0.109 by thinning, 0.943 / 0.141 by the shift (``additive_exact``: 0.941 /
-        0.121); Kang, mean of 4 folds, energy excess 0.888, 1.045 and 0.893.
+        0.120); Kang, mean of 4 folds, energy excess 0.888, 1.045 and 0.893.
     reflow_steps
         Fine-tuning steps of one reflow after the flow is fitted (0: none): the flow is
         trained again on the pairs ``(x_0, flow(x_0))`` it makes itself, which straightens
