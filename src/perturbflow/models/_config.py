@@ -119,7 +119,7 @@ class PerturbFlowConfig:
         against its real cells (``perturbflow.train.decoding_scores``). Over the folds of
         benchmarks/RESULTS.md ("Session 11"), exact against clipped: Norman top-20 Pearson
         0.912 -> 0.943, Kang mean energy excess 0.733 -> 0.642, McFaline level. ``"auto"``
-        chose right on 2 of 4 Kang folds ("Session 12"), so it is not the default.
+        chose right on 3 of 6 Kang folds ("Session 12"), so it is not the default.
     exact_mean_by
         How the mean is kept exact: ``"zeroing"`` sets the lowest cells of a falling gene to 0,
         up to the level that puts the group's mean where its moves add up to (the other cells
@@ -128,7 +128,8 @@ class PerturbFlowConfig:
         group by one per-gene shift (session 11). With the model's moves (benchmarks/RESULTS.md,
         "Session 12", seed 0): Norman top-20 Pearson / energy excess 0.943 / 0.112 by zeroing,
         0.942 / 0.109 by thinning, 0.943 / 0.141 by the shift (``additive_exact``: 0.941 /
-        0.120); Kang, mean of 4 folds, energy excess 0.888, 1.045 and 0.893.
+        0.120); Kang, mean of 6 folds, energy excess 0.736, 0.873 and 0.673 (the shift
+        better on 4 of 6).
     reflow_steps
         Fine-tuning steps of one reflow after the flow is fitted (0: none): the flow is
         trained again on the pairs ``(x_0, flow(x_0))`` it makes itself, which straightens
