@@ -314,7 +314,7 @@ class CountVAE:
         seed: int = 0,
         change_scale: float = 1.0,
         exact_mean: bool | Sequence[bool] = False,
-        exact_by: str = "thinning",
+        exact_by: str = "zeroing",
     ) -> tuple[sp.csr_matrix, np.ndarray]:
         """Move real source cells by the decoded change from ``z_0`` to ``z_1``.
 

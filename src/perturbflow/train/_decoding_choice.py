@@ -18,15 +18,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from sklearn.decomposition import PCA
 
 from perturbflow.data import Group
 from perturbflow.metrics import energy_distance
+from perturbflow.train._new_context import MAX_CELLS, real_cells_pca
 
 DECODINGS = ("exact", "clipped")  # ties go to the first
 MAX_GROUPS = 16  # groups per context scored, the largest first
-MAX_CELLS = 256  # cells per group in the energy distances
-N_PCS = 30  # principal components of the real cells, as the protocol's energy distance
 
 # (group, source rows, exact_mean) -> the group's prediction for those source cells,
 # log-normalised as the protocol reads it, (n, G)
@@ -59,8 +57,7 @@ def decoding_scores(
             src = np.sort(rng.choice(g.source_idx, min(len(g.source_idx), MAX_CELLS), replace=False))
             tgt = np.sort(rng.choice(g.target_idx, min(len(g.target_idx), MAX_CELLS), replace=False))
             real_src, real_tgt = real(src), real(tgt)
-            n_pcs = min(N_PCS, len(src) + len(tgt) - 1, real_tgt.shape[1])
-            pca = PCA(n_components=n_pcs, random_state=seed).fit(np.concatenate([real_src, real_tgt]))
+            pca = real_cells_pca(real_src, real_tgt, seed)
             tgt_pcs = pca.transform(real_tgt)
             totals += [energy_distance(pca.transform(predicted(g, src, d == "exact")), tgt_pcs) for d in DECODINGS]
         scores[name] = dict(zip(DECODINGS, (totals / len(chosen)).tolist()))

@@ -115,8 +115,7 @@ def new_context_scores(
         halves = np.array_split(rng.permutation(len(tgt_rows)), 2)
         if genes is not None:
             real_src, real_tgt = genes.real(src_rows), genes.real(tgt_rows)
-            n_pcs = min(N_PCS, len(src_rows) + len(tgt_rows) - 1, real_tgt.shape[1])
-            pca = PCA(n_components=n_pcs, random_state=seed).fit(np.concatenate([real_src, real_tgt]))
+            pca = real_cells_pca(real_src, real_tgt, seed)
             decoded = [pca.transform(genes.predicted(g, src_rows, src, z)) for z in predicted["latent"][0]]
             predicted["genes"] = (decoded, pca.transform(real_tgt))
         name = context_names[g.context]
@@ -129,6 +128,14 @@ def new_context_scores(
         c: {space: {p: (v / counts[c]).tolist() for p, v in zip(NEW_CONTEXT_PARTS, t)} for space, t in spaces.items()}
         for c, spaces in totals.items()
     }
+
+
+def real_cells_pca(real_src: np.ndarray, real_tgt: np.ndarray, seed: int) -> PCA:
+    """The principal axes in which a group's predicted cells are compared with its real ones,
+    as the protocol's energy distance compares them: ``N_PCS`` components (fewer where the
+    cells or genes do not allow them) of its real source and target cells, log-normalised."""
+    n_pcs = min(N_PCS, len(real_src) + len(real_tgt) - 1, real_tgt.shape[1])
+    return PCA(n_components=n_pcs, random_state=seed).fit(np.concatenate([real_src, real_tgt]))
 
 
 def best_parts(scores: dict[str, dict[str, dict[str, list[float]]]]) -> dict[str, str]:
