@@ -8,14 +8,19 @@ from perturbflow.data import Group
 from perturbflow.train import DECODINGS, choose_decoding, decoding_scores
 
 
-def test_choose_decoding_weighs_the_measured_contexts():
-    scores = {"A": {"exact": 1.0, "clipped": 2.0}, "B": {"exact": 3.0, "clipped": 1.0}}
-    assert choose_decoding(scores, {"A": 0.9, "B": 0.1}) == "exact"  # 1.2 against 1.9
-    assert choose_decoding(scores, {"A": 0.1, "B": 0.9}) == "clipped"  # 2.8 against 1.1
-    assert choose_decoding(scores, {"B": 1.0}) == "clipped"
-    assert choose_decoding(scores, {"A": 2.0, "B": 1.0}) == "exact"  # a tie: 5/3 each (weights normalised)
-    assert choose_decoding(scores, {}) == "exact"  # nothing measured: the default
-    assert choose_decoding(scores, {"C": 1.0}) == "exact"
+def test_choose_decoding_averages_the_measured_contexts():
+    scores = {
+        "A": {"exact": 1.0, "clipped": 2.0},
+        "B": {"exact": 3.0, "clipped": 1.0},
+        "C": {"exact": 0.5, "clipped": 0.6},
+        "D": {"exact": 2.5, "clipped": 1.5},
+    }
+    assert choose_decoding(scores, ["A", "C"]) == "exact"  # 0.75 against 1.3
+    assert choose_decoding(scores, ["B"]) == "clipped"
+    assert choose_decoding(scores, ["A", "B", "C"]) == "clipped"  # 1.5 against 1.2: B's loss outweighs
+    assert choose_decoding(scores, ["A", "D"]) == "exact"  # a tie: 1.75 each
+    assert choose_decoding(scores, []) == "exact"  # nothing measured: the default
+    assert choose_decoding(scores, ["E"]) == "exact"  # never scored
 
 
 def test_decoding_scores_prefer_the_decoding_that_reproduces_the_real_cells():

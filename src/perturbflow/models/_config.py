@@ -115,8 +115,9 @@ class PerturbFlowConfig:
         zeros cannot fall); ``exact_mean_by`` says how it is put back, as the
         ``additive_exact`` baseline does in gene space. ``"auto"`` keeps it exact in the
         contexts the flow was fitted in, and in a new context decides on the measured
-        training contexts near it: each is predicted from the others both ways and scored
-        against its real cells (``perturbflow.train.decoding_scores``). Over the folds of
+        training contexts: each is predicted from the others both ways and scored against
+        its real cells (``perturbflow.train.decoding_scores``), and the way with the smaller
+        mean score is taken. Over the folds of
         benchmarks/RESULTS.md ("Session 11"), exact against clipped: Norman top-20 Pearson
         0.912 -> 0.943, Kang mean energy excess 0.733 -> 0.642, McFaline level. Over the 7
         Kang folds of "Session 12" (seed 0) ``"auto"`` chose right on 4 and gave the lowest

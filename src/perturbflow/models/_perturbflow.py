@@ -244,21 +244,19 @@ class PerturbFlow:
         near = nearest_context(np.asarray(mean), {c: v[: len(v) // 2] for c, v in half.items()})
         return self.new_context_parts[near]
 
-    def exact_mean_in(self, context: str, control_mean: np.ndarray | None = None) -> bool:
+    def exact_mean_in(self, context: str) -> bool:
         """Whether each predicted group's mean is kept exact in ``context`` (see
         ``PerturbFlowConfig.exact_mean``). With ``"auto"``: yes in a context the flow was
         fitted in; in a new one, the decoding that predicted the measured training contexts
-        best from the others (``decoding_scores``), weighted by their kernel similarity to
-        ``context`` (``control_mean``: the mean log-normalised expression of its control
-        cells, for a context the model was not trained with); yes without such scores."""
+        better from the others (``decoding_scores``, averaged over them); yes without such
+        scores."""
         setting = self.config.exact_mean
         if setting != "auto":
             return bool(setting)
         measured = sorted(c for c in self.decoding_scores if c != context)
         if context in self.flow_contexts or not measured:
             return True
-        weights = self.gene_prior.transfer.weights(context, measured, control_mean)
-        return choose_decoding(self.decoding_scores, dict(zip(measured, weights))) == "exact"
+        return choose_decoding(self.decoding_scores, measured) == "exact"
 
     # ------------------------------------------------------------------ inputs
     def _check_trained(self) -> None:

@@ -72,7 +72,7 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
             prior = model.prior.prior(atom_set, c, ctrl_mean)
             if c not in bandwidths:  # these depend on the context alone
                 bandwidths[c] = float(model.prior.transfer.bandwidth_in(c, ctrl_mean))
-                exact[c] = model.exact_mean_in(c, ctrl_mean)
+                exact[c] = model.exact_mean_in(c)
             exact_of_group.append(exact[c])
             base = z0_all[rows_c] + prior if model.config.residual_prior else z0_all[rows_c]
             ref, shift = gene_reference(model, atom_set, c, z0_all[rows_c], base, ctrl_mean)
