@@ -22,7 +22,7 @@ from perturbflow.metrics import (
     register_baseline,
 )
 
-KEYS = dict(perturbation_key="perturbation", control_value="control")
+KEYS = {"perturbation_key": "perturbation", "control_value": "control"}
 
 
 @pytest.fixture(autouse=True)

@@ -344,8 +344,8 @@ def test_real_data_ceiling_and_baselines() -> None:
     keep = adata.obs["counts_recovered_exact"].astype(bool) & (adata.obs["cell_type"] == "k562")
     adata = adata[keep & adata.obs["perturbation"].isin(["control", *singles, *combos])].copy()
     half_pred, half_real = noise_ceiling_split(adata, "perturbation", "control", seed=0)
-    kw = dict(perturbation_key="perturbation", control_value="control", context_keys="cell_type",
-              real_layer="counts")
+    kw = {"perturbation_key": "perturbation", "control_value": "control", "context_keys": "cell_type",
+              "real_layer": "counts"}
     ceiling = evaluate_predictions(half_pred, half_real, pred_layer="counts", **kw)
     assert len(ceiling) == len(singles) + len(combos)
     assert ceiling["pearson_delta_top20"].mean() > 0.8

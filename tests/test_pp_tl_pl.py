@@ -150,7 +150,7 @@ def test_evaluate_writes_table(prediction, synthetic_adata):
 
 
 def test_evaluate_scores_expected_counts_unless_told(prediction, synthetic_adata):
-    kw = dict(baselines=[], noise_ceiling=False, copy=True)
+    kw = {"baselines": [], "noise_ceiling": False, "copy": True}
     expected = pf.tl.evaluate(prediction, synthetic_adata, **kw)
     sampled = pf.tl.evaluate(prediction, synthetic_adata, pred_layer=None, **kw)
     as_x = prediction.copy()

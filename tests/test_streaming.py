@@ -12,8 +12,14 @@ import torch
 import perturbflow as pf
 from perturbflow._errors import PerturbFlowError
 from perturbflow.cli import main
-from perturbflow.data import get_counts, is_on_disk, log_normalize_rows, open_on_disk, read_rows
-from perturbflow.data import _streaming
+from perturbflow.data import (
+    _streaming,
+    get_counts,
+    is_on_disk,
+    log_normalize_rows,
+    open_on_disk,
+    read_rows,
+)
 from perturbflow.nn import CountVAE
 from perturbflow.train import cells_by_group, count_statistics, gene_space_shifts
 

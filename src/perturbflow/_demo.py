@@ -12,8 +12,10 @@ import matplotlib.pyplot as plt
 
 # Small enough for the whole demo to finish in under a minute on 2 CPU cores; the
 # generator's defaults are larger (and the tests rely on them).
-DATA_SIZES = dict(n_genes=100, n_atoms=6, n_combos=6, n_cells_per_group=40, n_control_cells=150, n_heldout_combos=2)
-TRAINING = dict(vae_max_steps=300, flow_steps_per_epoch=20, flow_max_epochs=10)
+DATA_SIZES = {
+    "n_genes": 100, "n_atoms": 6, "n_combos": 6, "n_cells_per_group": 40, "n_control_cells": 150, "n_heldout_combos": 2,
+}
+TRAINING = {"vae_max_steps": 300, "flow_steps_per_epoch": 20, "flow_max_epochs": 10}
 
 
 def run_demo(out: str | Path, backbone: str = "mlp", seed: int = 0, max_epochs: int | None = None) -> None:

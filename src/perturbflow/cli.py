@@ -35,7 +35,7 @@ def read_h5ad(path: str):
         raise PerturbFlowError(f"{path} is a folder, not an .h5ad file")
     try:
         return ad.read_h5ad(p)
-    except Exception as exc:  # h5py and anndata raise many kinds for a bad file
+    except Exception as exc:  # noqa: BLE001 (h5py and anndata raise many kinds for a bad file)
         raise PerturbFlowError(f"{path} is not a readable .h5ad file ({type(exc).__name__})") from None
 
 

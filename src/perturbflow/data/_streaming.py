@@ -146,7 +146,7 @@ def open_on_disk(path: str | Path, layer: str | None = None) -> AnnData:
             store = h5py.File(p, "r")
         obs, var = read_elem(store["obs"]), read_elem(store["var"])
         uns = read_elem(store["uns"]) if "uns" in store else {}
-    except Exception as exc:  # h5py, zarr and anndata raise many kinds for a bad file
+    except Exception as exc:  # noqa: BLE001 (h5py, zarr and anndata raise many kinds for a bad file)
         kind = "folder (.zarr store)" if p.is_dir() else ".h5ad file"
         raise PerturbFlowError(f"{path} is not a readable {kind} ({type(exc).__name__})") from None
     where = "X" if layer is None else f"layers/{layer}"

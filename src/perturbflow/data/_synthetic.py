@@ -74,7 +74,7 @@ def synthetic(
     all_pairs = list(itertools.combinations(range(n_atoms), 2))
     pair_idx = rng.choice(len(all_pairs), size=min(n_combos, len(all_pairs)), replace=False)
     combos = [all_pairs[i] for i in sorted(pair_idx)]
-    n_interacting = int(round(interaction_fraction * len(combos)))
+    n_interacting = round(interaction_fraction * len(combos))
     interacting = set(rng.choice(len(combos), size=n_interacting, replace=False).tolist())
 
     def sparse_effect() -> np.ndarray:

@@ -294,7 +294,7 @@ def load(
     path = download(name, manifest_dir=manifest_dir, cache_dir=cache_dir, progressbar=progressbar)
     try:
         adata = ad.read_h5ad(path)
-    except Exception as exc:  # h5py and anndata raise many kinds for a bad file
+    except Exception as exc:  # noqa: BLE001 (h5py and anndata raise many kinds for a bad file)
         raise PerturbFlowError(
             f"dataset {name!r} at {path} is not a readable .h5ad file ({type(exc).__name__})"
         ) from None

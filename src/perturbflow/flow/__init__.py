@@ -6,6 +6,7 @@ from perturbflow.flow._solvers import adaptive, euler, integrate, midpoint
 from perturbflow.flow._straightness import Straightness, path_straightness, straightness
 
 __all__ = [
+    "Straightness",
     "adaptive",
     "euler",
     "integrate",
@@ -15,7 +16,6 @@ __all__ = [
     "rectified_flow_loss",
     "sample_time",
     "straightness",
-    "Straightness",
     "target_velocity",
 ]
 from perturbflow.flow._module import LatentFlowModule

@@ -160,9 +160,11 @@ def train_model(
     start = time.perf_counter()
     logger.info("stage 2: latent flow on %d groups (%d validation)", len(train_groups), len(val_groups))
 
-    fit = dict(z_all=z_all, stats=stats, max_epochs=flow_max_epochs or max_epochs, accelerator=accelerator,
-               devices=devices, seed=seed, progress_bar=progress_bar, stage=run.stage("flow") if run else None,
-               strategy=strategy, precision=precision)
+    fit = {
+        "z_all": z_all, "stats": stats, "max_epochs": flow_max_epochs or max_epochs, "accelerator": accelerator,
+        "devices": devices, "seed": seed, "progress_bar": progress_bar, "stage": run.stage("flow") if run else None,
+        "strategy": strategy, "precision": precision,
+    }
     # The flow is fitted once. With a baseline prior, a fifth of the training groups
     # (or the validation groups) is held out of that fit and used to choose how much of
     # the flow's correction to keep, for this very network.

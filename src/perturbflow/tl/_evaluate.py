@@ -138,14 +138,14 @@ def evaluate(
         raise PerturbFlowError("none of the predicted perturbations is present in the real data")
     scored = adata_real[held_out | (is_control & np.isin(real_ctx, list(eval_contexts)))]
 
-    kwargs = dict(
-        perturbation_key=perturbation_key,
-        control_value=control_value,
-        context_keys=context_keys,
-        real_layer=real_layer,
-        n_de_genes=n_de_genes,
-        seed=seed,
-    )
+    kwargs = {
+        "perturbation_key": perturbation_key,
+        "control_value": control_value,
+        "context_keys": context_keys,
+        "real_layer": real_layer,
+        "n_de_genes": n_de_genes,
+        "seed": seed,
+    }
     tables = [evaluate_predictions(adata_pred, scored, pred_layer=pred_layer, **kwargs).assign(model=MODEL_NAME)]
 
     train = adata_real[~held_out]
