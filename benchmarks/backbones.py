@@ -3,6 +3,8 @@
 Usage (from the repository root, with ../shared/data beside it)::
 
     python benchmarks/backbones.py        # writes benchmarks/results/backbones.csv
+    python benchmarks/backbones.py --tasks norman mcfaline --seeds 0 --out benchmarks/results/backbones_folds.csv
+    python benchmarks/report.py benchmarks/results/backbones_folds.csv --rank   # ranked on the folds
 
 For each backbone: the metrics beside the baselines, training time, parameter count of the
 velocity network and prediction cells per second.

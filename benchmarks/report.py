@@ -6,6 +6,7 @@ Usage::
     python benchmarks/report.py results/backbones.csv --summary # one row per task and backbone
     python benchmarks/report.py results/quality.csv --folds     # mean and spread over seeds, per fold
     python benchmarks/report.py A.csv B.csv --folds            # the runs of several files together
+    python benchmarks/report.py results/backbones_folds.csv --rank  # the backbones ranked on the folds
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ BASELINES = ["control", "train_mean", "context_mean", "mean_shift", "additive", 
 FOLD_MODELS = ["perturbflow", "perturbflow_X", "prior_only", "flow_full", "flow_mean", "flow_only", "gene_space_prior",
                "prior_mean", "mean_clipped", "exact_mean", "exact_zeroing", "exact_thinning", "exact_shift",
                "latent_shift", "latent_shift_X", "train_mean", "mean_shift", "additive", "additive_exact", "linear", "noise_ceiling"]
+RANKED = ["flow_full", "flow_mean", "perturbflow", "prior_only"]  # the rows of the backbone ranking
 TIMING = ["train_s", "predict_s", "cells_per_s", "backbone_params"]
 
 
@@ -119,6 +121,38 @@ def folds(*paths: str) -> None:
               + _exact_mean_counts(timing) + "\n")
 
 
+def rank(*paths: str) -> None:
+    """The backbones ranked on the folds of each dataset by their flow's own transport
+    (``flow_full``: the whole correction applied in every context; ``flow_mean``: its mean
+    move in a new context), each with the default prediction, the prior alone (the same for every backbone: what the flow is measured
+    against), training time and size. Cells: mean over folds (and seeds) of top-20 Pearson
+    delta / energy excess over the floor; the rank is by ``flow_full``'s energy excess."""
+    df = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+    df["energy_excess"] = df["energy_distance"] - df["energy_floor"]
+    for command in dict.fromkeys(df["command"]):
+        print(f"Command: `{command}`\n")
+
+    def cell(part: pd.DataFrame, model: str) -> tuple[float, float]:
+        rows = part[part["model"] == model]
+        return rows["pearson_delta_top20"].mean(), rows["energy_excess"].mean()
+
+    for dataset, part in df.groupby("dataset", sort=False):
+        n_folds, seeds = part["task"].nunique(), sorted(int(s) for s in part["seed"].unique())
+        print(f"### {dataset}: {n_folds} fold(s), seeds {seeds}, mean over them\n")
+        rows = []
+        for backbone, mine in part.groupby("backbone", sort=False):
+            timing = mine[mine["model"] == "perturbflow"]
+            rows.append({"backbone": backbone, **{m: cell(mine, m) for m in RANKED},
+                         "train_s": timing["train_s"].mean(), "params": int(timing["backbone_params"].iloc[0])})
+        rows.sort(key=lambda r: (r["flow_full"][1], -r["flow_full"][0]))
+        table = pd.DataFrame([{
+            "rank": i + 1, "backbone": r["backbone"],
+            **{m: f"{r[m][0]:.3f} / {r[m][1]:.3f}" for m in RANKED},
+            "train_s": f"{r['train_s']:.0f}", "params": f"{r['params']:,}",
+        } for i, r in enumerate(rows)])
+        print(to_markdown(table) + "\n")
+
+
 def _exact_mean_counts(timing: pd.DataFrame) -> str:
     """How often the held-out context's group means were kept exact (``exact_mean="auto"``)."""
     if "exact_mean_applied" not in timing:
@@ -130,6 +164,8 @@ def _exact_mean_counts(timing: pd.DataFrame) -> str:
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
         print(__doc__)
+    elif "--rank" in sys.argv:
+        rank(*(a for a in sys.argv[1:] if not a.startswith("--")))
     elif "--folds" in sys.argv:
         folds(*(a for a in sys.argv[1:] if not a.startswith("--")))
     elif "--summary" in sys.argv:
