@@ -27,6 +27,7 @@ from perturbflow.train._groups import (
     gene_space_shifts,
 )
 from perturbflow.train._new_context import (
+    MIN_GAIN,
     NEW_CONTEXT_PARTS,
     GeneSpace,
     apply_part,
@@ -42,6 +43,7 @@ __all__ = [
     "CORRECTION_SCALES",
     "DECODINGS",
     "DEFAULT_EVERY_N_STEPS",
+    "MIN_GAIN",
     "NEW_CONTEXT_PARTS",
     "FlowTrainingPlan",
     "GeneSpace",

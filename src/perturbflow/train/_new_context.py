@@ -8,10 +8,11 @@ So when the training data hold control cells of contexts without perturbed cells
 contexts a user will ask about) and enough measured contexts, a probe flow is fitted without
 the training context nearest to each new one (by the mean of its control latents). The
 probe is run there as in a new context, and each part of its correction is scored against
-the held-out context's real cells, in gene space as the protocol scores a prediction and in
-latent space; a part is kept only if it beats "off" in both, and on both halves of the real
-cells in gene space. The flow that predicts is then fitted with every context, and a new
-context is given the choice of its nearest probed context.
+the held-out context's real cells, in latent space (and, as a record, in gene space as the
+protocol scores a prediction); a part is kept only if it cuts the latent energy distance of
+"off" by a tenth, on all the real cells and on both halves of them. The flow that predicts
+is then fitted with every context, and a new context is given the choice of its nearest
+probed context.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from perturbflow.data import Group
 from perturbflow.metrics import energy_distance
 
 NEW_CONTEXT_PARTS = ("off", "mean", "shape", "full")  # ties go to the earlier one
+MIN_GAIN = 0.1  # the share of "off"'s latent energy distance a part must cut to be applied
 MIN_CONTEXTS = 5  # measured contexts needed to hold one out whole (a fifth of them at most)
 MAX_CELLS = 256  # cells per group in the energy distances
 N_PCS = 30  # principal components of the real cells in which gene-space distances are taken
@@ -139,22 +141,24 @@ def real_cells_pca(real_src: np.ndarray, real_tgt: np.ndarray, seed: int) -> PCA
 
 
 def best_parts(scores: dict[str, dict[str, dict[str, list[float]]]]) -> dict[str, str]:
-    """The part to apply in each context: the one with the smallest whole score in gene space
-    (in latent space when there is none), if it also beats "off" on both halves of the real
-    cells there and on the whole score in latent space; "off" otherwise. Ties go to the
-    earlier part of ``NEW_CONTEXT_PARTS``, "off" first.
+    """The part to apply in each context: of the parts whose latent scores beat "off" by at
+    least ``MIN_GAIN`` (a tenth) on all the real cells and on each half of them, the one with
+    the smallest whole score; "off" where none does. The gene-space scores are kept as a
+    record and not used.
 
-    Requiring both spaces to agree keeps the flow off where they disagree: on the Kang folds
-    each space alone applied it to some cell types where it then cost accuracy
-    (benchmarks/RESULTS.md, "Session 8").
+    Why the latent alone: it scores the flow's move itself, while the decoded score also
+    carries the decoding chosen for the held-out context, which there is a far transfer (its
+    nearest neighbour is the new context, which has no perturbed cells). Over 42 Kang
+    fold-runs of earlier sessions (whose latent scores do not depend on the decoding) the
+    mean energy excess was 0.687 with the rule of sessions 8-12 (both spaces, no margin),
+    0.661 with the latent alone and no margin, and 0.624-0.634 with margins from 0.05 to 0.3
+    (benchmarks/RESULTS.md, "Session 13"). The margin asks for a move that is clearly right
+    on the held-out context, since a small gain there did not carry to the new one.
     """
     chosen = {}
     for c, spaces in scores.items():
-        row = spaces.get("genes", spaces["latent"])
-        whole = np.round([row[p][0] for p in NEW_CONTEXT_PARTS], 6)
-        best = NEW_CONTEXT_PARTS[int(np.argmin(whole))]
+        row = spaces["latent"]
         off = row["off"]
-        both_halves = all(row[best][i] < off[i] for i in (1, 2))
-        in_latent = spaces["latent"][best][0] < spaces["latent"]["off"][0]
-        chosen[c] = best if best != "off" and both_halves and in_latent else "off"
+        kept = [p for p in NEW_CONTEXT_PARTS[1:] if all(row[p][i] < (1 - MIN_GAIN) * off[i] for i in range(3))]
+        chosen[c] = min(kept, key=lambda p: (round(row[p][0], 6), NEW_CONTEXT_PARTS.index(p))) if kept else "off"
     return chosen
