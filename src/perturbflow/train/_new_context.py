@@ -140,10 +140,10 @@ def real_cells_pca(real_src: np.ndarray, real_tgt: np.ndarray, seed: int) -> PCA
     return PCA(n_components=n_pcs, random_state=seed).fit(np.concatenate([real_src, real_tgt]))
 
 
-def best_parts(scores: dict[str, dict[str, dict[str, list[float]]]]) -> dict[str, str]:
+def best_parts(scores: dict[str, dict[str, dict[str, list[float]]]], min_gain: float = MIN_GAIN) -> dict[str, str]:
     """The part to apply in each context: of the parts whose latent scores beat "off" by at
-    least ``MIN_GAIN`` (a tenth) on all the real cells and on each half of them, the one with
-    the smallest whole score; "off" where none does. The gene-space scores are kept as a
+    least ``min_gain`` (by default ``MIN_GAIN``, a tenth) on all the real cells and on each
+    half of them, the one with the smallest whole score; "off" where none does. The gene-space scores are kept as a
     record and not used.
 
     Why the latent alone: it scores the flow's move itself, while the decoded score also
@@ -159,6 +159,6 @@ def best_parts(scores: dict[str, dict[str, dict[str, list[float]]]]) -> dict[str
     for c, spaces in scores.items():
         row = spaces["latent"]
         off = row["off"]
-        kept = [p for p in NEW_CONTEXT_PARTS[1:] if all(row[p][i] < (1 - MIN_GAIN) * off[i] for i in range(3))]
+        kept = [p for p in NEW_CONTEXT_PARTS[1:] if all(row[p][i] < (1 - min_gain) * off[i] for i in range(3))]
         chosen[c] = min(kept, key=lambda p: (round(row[p][0], 6), NEW_CONTEXT_PARTS.index(p))) if kept else "off"
     return chosen

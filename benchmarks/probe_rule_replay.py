@@ -1,0 +1,91 @@
+"""Replay the choice of the flow's part in a new context (``new_context_flow="auto"``) on
+the probe scores that earlier quality runs recorded, against what those runs chose.
+
+Usage (from the repository root)::
+
+    python benchmarks/probe_rule_replay.py benchmarks/results/quality_zeroing.csv \\
+        benchmarks/results/quality_exact_mean.csv --margins 0 0.05 0.1 0.2 0.3
+
+Each quality run records its probe's scores (``new_context_scores``: latent and decoded
+energy distances of each part to the held-out context's real cells) and scores, from the
+same trained model, the prediction with the flow off (``prior_only``) and with each part
+applied in the new context (``flow_mean``, ``flow_shape``, ``flow_full``). The latent scores
+do not depend on the decoding, so the choice of :func:`perturbflow.train.best_parts` can be
+replayed exactly on any run: its outcome is the row of the part it chooses. Printed: per
+fold and seed, the recorded choice and the replayed ones, then the mean top-20 Pearson delta
+/ energy excess over the floor of every rule over all the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pandas as pd
+
+from perturbflow.train import MIN_GAIN, best_parts
+
+PART_ROWS = {"off": "prior_only", "mean": "flow_mean", "shape": "flow_shape", "full": "flow_full"}
+
+
+def runs(paths: list[str]) -> list[dict]:
+    """One entry per (file, task, seed) whose probe recorded latent scores, with the
+    Pearson / energy excess of each row that a choice can lead to."""
+    found = []
+    for path in paths:
+        df = pd.read_csv(path)
+        if not {"new_context_scores", "energy_floor"} <= set(df.columns):
+            continue  # a run from before the probe or the floor was recorded
+        df["energy_excess"] = df["energy_distance"] - df["energy_floor"]
+        for (task, seed), part in df.groupby(["task", "seed"], sort=False):
+            by = part.set_index("model")
+            if "perturbflow" not in by.index or not all(m in by.index for m in PART_ROWS.values()):
+                continue
+            recorded = by.loc["perturbflow"].get("new_context_scores")
+            scores = json.loads(recorded) if isinstance(recorded, str) else {}
+            if not scores or any("latent" not in s for s in scores.values()):
+                continue
+            found.append({
+                "file": path.rsplit("/", 1)[-1], "task": task, "seed": int(seed), "scores": scores,
+                "recorded": by.loc["perturbflow", "new_context_part"],
+                "rows": {m: (by.loc[m, "pearson_delta_top20"], by.loc[m, "energy_excess"])
+                         for m in ["perturbflow", *PART_ROWS.values()]},
+            })
+    return found
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", help="quality CSVs (benchmarks/quality.py)")
+    parser.add_argument("--margins", nargs="+", type=float, default=[MIN_GAIN], help="min_gain values to replay")
+    args = parser.parse_args(argv)
+    found = runs(args.paths)
+    if not found:
+        raise SystemExit("no run with recorded latent probe scores and every part's row in these files")
+    totals = {"recorded": [], "always off": [], "always mean": []}
+    lines = []
+    for run in found:
+        rows = run["rows"]
+        totals["recorded"].append(rows["perturbflow"])
+        totals["always off"].append(rows["prior_only"])
+        totals["always mean"].append(rows["flow_mean"])
+        line = (f"| {run['file']} | {run['task']} | {run['seed']} | {rows['prior_only'][1]:.3f} | "
+                f"{rows['flow_mean'][1]:.3f} | {run['recorded']} {rows['perturbflow'][1]:.3f} |")
+        for margin in args.margins:
+            choice = next(iter(best_parts(run["scores"], min_gain=margin).values()))
+            outcome = rows[PART_ROWS[choice]]
+            totals.setdefault(f"latent, margin {margin:g}", []).append(outcome)
+            line += f" {choice} {outcome[1]:.3f} |"
+        lines.append(line)
+    print("| file | fold | seed | off | mean | recorded | " + " | ".join(f"margin {m:g}" for m in args.margins) + " |")
+    print("|---" * (6 + len(args.margins)) + "|")
+    print("\n".join(lines))
+    print(f"\n{len(found)} runs; mean top-20 Pearson delta / energy excess over the floor:\n")
+    for name, values in totals.items():
+        values = np.array(values, dtype=float)
+        print(f"- {name}: {values[:, 0].mean():.3f} / {values[:, 1].mean():.3f}")
+
+
+if __name__ == "__main__":
+    main()
