@@ -1,9 +1,10 @@
-"""Replay the choice of the flow's part in a new context (``new_context_flow="auto"``) on
-the probe scores that earlier quality runs recorded, against what those runs chose.
+"""Replay the two choices the model makes for a new context on the scores that earlier
+quality runs recorded, against what those runs chose: the flow's part
+(``new_context_flow="auto"``) and the decoding (``exact_mean="auto"``).
 
 Usage (from the repository root)::
 
-    python benchmarks/probe_rule_replay.py benchmarks/results/quality_zeroing.csv \\
+    python benchmarks/replay_choices.py benchmarks/results/quality_zeroing.csv \\
         benchmarks/results/quality_exact_mean.csv --margins 0 0.05 0.1 0.2 0.3
 
 Each quality run records its probe's scores (``new_context_scores``: latent and decoded
@@ -14,6 +15,12 @@ do not depend on the decoding, so the choice of :func:`perturbflow.train.best_pa
 replayed exactly on any run: its outcome is the row of the part it chooses. Printed: per
 fold and seed, the recorded choice and the replayed ones, then the mean top-20 Pearson delta
 / energy excess over the floor of every rule over all the runs.
+
+The decoding: each run with ``decoding_scores`` (every measured context predicted from the
+others, decoded exact and clipped) is replayed with :func:`perturbflow.train.choose_decoding`
+over all of them; its outcome is the run's ``exact_zeroing`` or ``mean_clipped`` row. Those
+rows carry the run's own choice of the flow's part, so where that part was applied the
+replay is of the decoding alone.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from perturbflow.train import MIN_GAIN, best_parts
+from perturbflow.train import MIN_GAIN, best_parts, choose_decoding
 
 PART_ROWS = {"off": "prior_only", "mean": "flow_mean", "shape": "flow_shape", "full": "flow_full"}
 
@@ -55,6 +62,41 @@ def runs(paths: list[str]) -> list[dict]:
     return found
 
 
+def decoding_replay(paths: list[str]) -> None:
+    """The decoding chosen over every measured context, against each run's own choice."""
+    lines, totals = [], {"recorded": [], "replayed": [], "always exact": [], "always clipped": []}
+    for path in paths:
+        df = pd.read_csv(path)
+        if not {"decoding_scores", "energy_floor"} <= set(df.columns):
+            continue
+        df["energy_excess"] = df["energy_distance"] - df["energy_floor"]
+        for (task, seed), part in df.groupby(["task", "seed"], sort=False):
+            by = part.set_index("model")
+            recorded = by.loc["perturbflow"].get("decoding_scores") if "perturbflow" in by.index else None
+            scores = json.loads(recorded) if isinstance(recorded, str) else {}
+            if not scores or not {"exact_zeroing", "mean_clipped"} <= set(by.index):
+                continue
+            rows = {m: (by.loc[m, "pearson_delta_top20"], by.loc[m, "energy_excess"])
+                    for m in ("perturbflow", "exact_zeroing", "mean_clipped")}
+            choice = choose_decoding(scores, list(scores))
+            replayed = rows["exact_zeroing" if choice == "exact" else "mean_clipped"]
+            for name, value in zip(totals, (rows["perturbflow"], replayed, rows["exact_zeroing"], rows["mean_clipped"])):
+                totals[name].append(value)
+            applied = by.loc["perturbflow"].get("exact_mean_applied")
+            lines.append(f"| {path.rsplit('/', 1)[-1]} | {task} | {seed} | {rows['exact_zeroing'][1]:.3f} | "
+                         f"{rows['mean_clipped'][1]:.3f} | {applied} {rows['perturbflow'][1]:.3f} | "
+                         f"{choice} {replayed[1]:.3f} |")
+    if not lines:
+        return
+    print("\nThe decoding: energy excess exact (zeroing) / clipped, the run's choice (exact?) and the replayed one\n")
+    print("| file | fold | seed | exact | clipped | recorded | replayed |\n|---|---|---|---|---|---|---|")
+    print("\n".join(lines))
+    print(f"\n{len(lines)} runs; mean top-20 Pearson delta / energy excess over the floor:\n")
+    for name, values in totals.items():
+        values = np.array(values, dtype=float)
+        print(f"- {name}: {values[:, 0].mean():.3f} / {values[:, 1].mean():.3f}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", help="quality CSVs (benchmarks/quality.py)")
@@ -62,7 +104,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     found = runs(args.paths)
     if not found:
-        raise SystemExit("no run with recorded latent probe scores and every part's row in these files")
+        print("no run with recorded latent probe scores and every part's row in these files")
+        decoding_replay(args.paths)
+        return
     totals = {"recorded": [], "always off": [], "always mean": []}
     lines = []
     for run in found:
@@ -78,6 +122,7 @@ def main(argv=None) -> None:
             totals.setdefault(f"latent, margin {margin:g}", []).append(outcome)
             line += f" {choice} {outcome[1]:.3f} |"
         lines.append(line)
+    print("The flow's part: energy excess with it off / its mean applied, the run's choice and the replayed ones\n")
     print("| file | fold | seed | off | mean | recorded | " + " | ".join(f"margin {m:g}" for m in args.margins) + " |")
     print("|---" * (6 + len(args.margins)) + "|")
     print("\n".join(lines))
@@ -85,6 +130,7 @@ def main(argv=None) -> None:
     for name, values in totals.items():
         values = np.array(values, dtype=float)
         print(f"- {name}: {values[:, 0].mean():.3f} / {values[:, 1].mean():.3f}")
+    decoding_replay(args.paths)
 
 
 if __name__ == "__main__":
