@@ -121,10 +121,11 @@ class PerturbFlowConfig:
         its real cells (``perturbflow.train.decoding_scores``), and the way with the smaller
         mean score is taken. Over the folds of
         benchmarks/RESULTS.md ("Session 11"), exact against clipped: Norman top-20 Pearson
-        0.912 -> 0.943, Kang mean energy excess 0.733 -> 0.642, McFaline level. Over the 7
-        Kang folds of "Session 12" (seed 0) ``"auto"`` chose right on 4 and gave the lowest
-        mean energy excess of the ways tried: 0.736, against 0.758 always exact by the shift,
-        0.768 always clipped and 0.829 always exact by zeroing; on Norman it is exact.
+        0.912 -> 0.943, Kang mean energy excess 0.733 -> 0.642, McFaline level. On the 7
+        Kang folds ``"auto"`` chose right on 6 of 7 in each of seeds 0 and 1 (wrong on NK),
+        against always exact by zeroing and always clipped: 0.652 against 0.829 and 0.768
+        (seed 0, replayed), 0.619 against 0.691 and 0.732 (seed 1) ("Session 13"); on
+        Norman it is exact.
     exact_mean_by
         How the mean is kept exact: ``"zeroing"`` sets the lowest cells of a falling gene to 0,
         up to the level that puts the group's mean where its moves add up to (the other cells
