@@ -143,8 +143,8 @@ def real_cells_pca(real_src: np.ndarray, real_tgt: np.ndarray, seed: int) -> PCA
 def best_parts(scores: dict[str, dict[str, dict[str, list[float]]]], min_gain: float = MIN_GAIN) -> dict[str, str]:
     """The part to apply in each context: of the parts whose latent scores beat "off" by at
     least ``min_gain`` (by default ``MIN_GAIN``, a fifth) on all the real cells and on each
-    half of them, the one with the smallest whole score; "off" where none does. The gene-space scores are kept as a
-    record and not used.
+    half of them, the one with the smallest whole score; "off" where none does. The
+    gene-space scores are kept as a record and not used.
 
     Why the latent alone: it scores the flow's move itself, while the decoded score also
     carries the decoding chosen for the held-out context, which there is a far transfer (its
