@@ -22,7 +22,8 @@ Each (fold, seed) trains the default model once and scores, on the same held-out
   ``exact_shift`` (``exact_mean=True`` in every context: each group's mean kept where its
   cells' moves add up to, by each ``exact_mean_by``; the shift was session 11's default) and
   ``mean_clipped`` (``exact_mean=False``: cells moved below 0 clipped without restoring the
-  group's mean; sessions 1-10);
+  group's mean; sessions 1-10), ``residual_whole`` (each group's gene-space residual lent to
+  other contexts whole, without ``residual_shrinkage``; sessions 1-14);
   with ``--ablation`` also ``flow_only`` (a model trained without the baseline prior);
 - ``latent_shift``: scGen's latent arithmetic with the model's own VAE (the decoder's means;
   ``latent_shift_X``: counts sampled from the decoder, as scGen-style models give them);
@@ -44,6 +45,7 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -53,6 +55,7 @@ from tasks import DEFAULT_DATA_DIR, FOLDS, RESULTS_DIR, fold_task, parse_config,
 import perturbflow as pf
 from perturbflow.data import context_labels
 from perturbflow.metrics import summarize
+from perturbflow.models._prior import BaselinePrior
 
 BASELINES = ["control", "train_mean", "context_mean", "mean_shift", "additive", "additive_exact", "linear"]
 HEADLINE = ["pearson_delta", "pearson_delta_top20", "mse_top20", "energy_distance", "energy_floor", "mmd",
@@ -110,6 +113,10 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
         model.config.exact_mean, model.config.exact_mean_by = forced, how
         tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, name))
     model.config.exact_mean, model.config.exact_mean_by = chosen, by
+    shrunk = model.residual_prior  # the residuals lent to other contexts whole, as before session 15
+    model.residual_prior = BaselinePrior(shrunk.shifts, shrunk.sizes, shrunk.transfer)
+    tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, "residual_whole"))
+    model.residual_prior = shrunk
     scgen = model.predict(controls, task.perturbations, seed=seed, method="latent_shift")
     tables += [score(scgen, task, seed, "latent_shift"), score(scgen, task, seed, "latent_shift_X", pred_layer=None)]
     if ablation:
@@ -129,6 +136,7 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
         "exact_mean_applied": ",".join(sorted({str(pred.uns["perturbflow_prediction"]["exact_mean"].get(c))
                                                for c in held_out_contexts})),
         "decoding_scores": json.dumps(model.decoding_scores),  # per measured context, each predicted from the others
+        "residual_carried": float(np.median(list((shrunk.carry_weights or {0: 1.0}).values()))),  # median share
         "transfer_bandwidth": transfer.bandwidth, "transfer_specificity": transfer.specificity,
     }
 

@@ -49,3 +49,30 @@ def test_save_load(tmp_path):
     q = BaselinePrior.load(tmp_path / "shifts.npz")
     assert q.shifts.keys() == p.shifts.keys()
     assert all(np.allclose(q.shifts[k], p.shifts[k]) for k in p.shifts)
+
+
+def weighted_prior() -> BaselinePrior:
+    p = prior()
+    return BaselinePrior(p.shifts, carry_weights={(A, "k562"): 0.5, (C, "hela"): 0.0, (A, "hela"): 0.25})
+
+
+def test_carry_weights_shrink_what_a_group_lends_elsewhere():
+    p = weighted_prior()
+    assert np.allclose(p.prior(A, "k562"), [0.75, 0.0])  # A from hela, a quarter of it
+    assert np.allclose(p.prior(C, "k562"), [0.0, 0.0])  # C's shift is all noise: nothing lent
+    assert np.allclose(p.prior(A | C, "k562"), [1.0, 0.0])  # A measured here keeps its whole shift
+
+
+def test_combination_of_singles_measured_here_keeps_their_whole_shifts():
+    assert np.allclose(weighted_prior().prior(AB, "k562"), [1.0, 2.0])
+
+
+def test_save_load_keeps_the_carry_weights(tmp_path):
+    p = weighted_prior()
+    p.save(tmp_path / "shifts.npz")
+    q = BaselinePrior.load(tmp_path / "shifts.npz")
+    assert q.carry_weights == p.carry_weights
+    assert np.allclose(q.prior(A, "k562"), [0.75, 0.0])
+    p = prior()  # saved without weights, loaded without them
+    p.save(tmp_path / "plain.npz")
+    assert BaselinePrior.load(tmp_path / "plain.npz").carry_weights is None

@@ -110,6 +110,12 @@ class PerturbFlowConfig:
         the mean decoded change of its predicted group (1: every cell moves by what the
         decoder gives for its own state; 0: every cell of a group moves by the group's mean
         decoded change).
+    residual_shrinkage
+        With ``gene_offset="residual"``: shrink each training group's residual (its measured
+        mean change less the decoded change of its latent shift) towards 0 by the
+        positive-part James-Stein factor of its sampling noise (``perturbflow.models._shrinkage``),
+        so that a residual at its noise level is not added to every predicted cell. McFaline
+        (seed 0, 3 lines): top-20 Pearson delta 0.19 -> 0.40 (benchmarks/RESULTS.md, "Session 15").
     exact_mean
         With ``decode="delta"``: keep each predicted group's mean log-normalised expression,
         per gene, where the moves of its cells add up to (``True``), or not (``False``).
@@ -174,6 +180,7 @@ class PerturbFlowConfig:
     decode: Literal["delta", "direct"] = "delta"
     gene_offset: Literal["residual", "baseline", "prior_mean"] = "residual"
     cell_response: float = 1.0
+    residual_shrinkage: bool = True
     exact_mean: bool | Literal["auto"] = "auto"
     exact_mean_by: Literal["zeroing", "thinning", "shift"] = "zeroing"
     reflow_steps: int = 0

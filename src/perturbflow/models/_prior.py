@@ -34,6 +34,10 @@ class BaselinePrior:
         Cells per group (weights of the pooled effect of a context); equal when ``None``.
     transfer
         How effects move between contexts; the plain mean shift when ``None``.
+    carry_weights
+        The share of each group's shift that it lends to others (another context, another
+        perturbation); combinations of singles measured in the same context take the singles'
+        whole shifts. All of it when ``None`` (see ``perturbflow.models._shrinkage``).
     """
 
     def __init__(
@@ -41,16 +45,20 @@ class BaselinePrior:
         shifts: dict[GroupKey, np.ndarray],
         sizes: dict[GroupKey, int] | None = None,
         transfer: ContextTransfer | None = None,
+        carry_weights: dict[GroupKey, float] | None = None,
     ):
         self.shifts = {k: np.asarray(v, dtype=np.float32) for k, v in shifts.items()}
         self.sizes = {k: int(sizes[k]) if sizes else 1 for k in self.shifts}
         self.transfer = transfer or ContextTransfer()
         self.n_latent = len(next(iter(self.shifts.values())))
+        self.carry_weights = {k: float(carry_weights.get(k, 1.0)) for k in self.shifts} if carry_weights else None
+        # what each group lends to other groups (other contexts, other perturbations)
+        self.carried = self.shifts if not carry_weights else {k: self.carry_weights[k] * v for k, v in self.shifts.items()}
         # the transfer reads only *other* contexts, which never hold the group left out
-        self.pooled = pooled_effects(self.shifts, self.sizes)
+        self.pooled = pooled_effects(self.carried, self.sizes)
 
     def _mean(self, keys) -> np.ndarray | None:
-        vals = [self.shifts[k] for k in keys]
+        vals = [self.carried[k] for k in keys]
         return np.mean(vals, axis=0) if vals else None
 
     def prior(self, atoms: frozenset, context: str, control_mean: np.ndarray | None = None) -> np.ndarray:
@@ -64,7 +72,7 @@ class BaselinePrior:
         singles_here = [(frozenset([a]), context) for a in atoms]
         if len(atoms) > 1 and all(k in self.shifts for k in singles_here):
             return np.sum([self.shifts[k] for k in singles_here], axis=0)  # additive
-        moved = self.transfer.transfer(atoms, context, self.shifts, self.pooled, control_mean)
+        moved = self.transfer.transfer(atoms, context, self.carried, self.pooled, control_mean)
         if moved is not None:
             return moved.astype(np.float32)  # the effect in the other contexts, similar ones first
         context_mean = self._mean([k for k in keys if k[1] == context])
@@ -93,6 +101,7 @@ class BaselinePrior:
             contexts=np.array([c for _, c in keys]),
             shifts=np.stack([self.shifts[k] for k in keys]),
             sizes=np.array([self.sizes[k] for k in keys]),
+            carry_weights=np.array([self.carry_weights[k] for k in keys]) if self.carry_weights else np.zeros(0),
             transfer=np.array([t.bandwidth, t.specificity]),
             control_contexts=np.array(names, dtype=str),
             control_means=np.stack([t.control_means[c] for c in names]) if names else np.zeros((0, 0)),
@@ -124,8 +133,10 @@ class BaselinePrior:
             if "local_errors" in f:  # saved since session 10
                 contexts = [str(c) for c in f["local_contexts"]]
                 local = {float(h): dict(zip(contexts, row.tolist())) for h, row in zip(f["local_bandwidths"], f["local_errors"])}
+            carry = f["carry_weights"] if "carry_weights" in f else np.zeros(0)  # saved since session 15
             return cls(
                 dict(zip(keys, f["shifts"])),
                 dict(zip(keys, f["sizes"].tolist())),
                 ContextTransfer(means, bandwidth, specificity, effects, noise, local),
+                dict(zip(keys, carry.tolist())) if len(carry) else None,
             )

@@ -27,6 +27,7 @@ from perturbflow.models._prediction import (
     transport_sets,
 )
 from perturbflow.models._prior import BaselinePrior
+from perturbflow.models._shrinkage import james_stein_weights
 from perturbflow.models._transfer import ContextTransfer
 from perturbflow.nn import context_statistics
 from perturbflow.train import (
@@ -146,7 +147,10 @@ def train_model(
     # what of each measured change the latent does not carry, moved between groups like
     # the shifts themselves and added back in gene space at prediction
     decoded = decoded_shifts(model.vae, z_all, library, latent_shifts, control_rows, seed)
-    model.residual_prior = BaselinePrior({k: gene_shifts[k] - decoded[k] for k in gene_shifts}, sizes, transfer)
+    # (shrunk by its noise where it is lent to another context or perturbation)
+    residuals = {k: gene_shifts[k] - decoded[k] for k in gene_shifts}
+    weights = james_stein_weights(residuals, noise) if model.config.residual_shrinkage else None
+    model.residual_prior = BaselinePrior(residuals, sizes, transfer, weights)
     # every group with the baseline computed without it, as a held-out group would see it
     train_groups, val_groups = (
         build_groups(cells, model.prior, atom_index, ctx_index, control_rows) for cells in (train_cells, val_cells)
