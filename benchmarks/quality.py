@@ -45,7 +45,6 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -113,8 +112,8 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
         model.config.exact_mean, model.config.exact_mean_by = forced, how
         tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, name))
     model.config.exact_mean, model.config.exact_mean_by = chosen, by
-    shrunk = model.residual_prior  # the residuals lent to other contexts whole, as before session 15
-    model.residual_prior = BaselinePrior(shrunk.shifts, shrunk.sizes, shrunk.transfer)
+    shrunk = model.residual_prior  # the residuals carried to other contexts whole, as before session 15
+    model.residual_prior = BaselinePrior(shrunk.shifts, shrunk.sizes, shrunk.transfer, shrink_carried=False)
     tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, "residual_whole"))
     model.residual_prior = shrunk
     scgen = model.predict(controls, task.perturbations, seed=seed, method="latent_shift")
@@ -136,7 +135,6 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
         "exact_mean_applied": ",".join(sorted({str(pred.uns["perturbflow_prediction"]["exact_mean"].get(c))
                                                for c in held_out_contexts})),
         "decoding_scores": json.dumps(model.decoding_scores),  # per measured context, each predicted from the others
-        "residual_carried": float(np.median(list((shrunk.carry_weights or {0: 1.0}).values()))),  # median share
         "transfer_bandwidth": transfer.bandwidth, "transfer_specificity": transfer.specificity,
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from perturbflow.models._prior import BaselinePrior
+from perturbflow.models._transfer import ContextTransfer
 
 A, B, C = frozenset(["A"]), frozenset(["B"]), frozenset(["C"])
 AB = A | B
@@ -51,28 +52,32 @@ def test_save_load(tmp_path):
     assert all(np.allclose(q.shifts[k], p.shifts[k]) for k in p.shifts)
 
 
-def weighted_prior() -> BaselinePrior:
+
+def shrinking_prior(noise: dict) -> BaselinePrior:
     p = prior()
-    return BaselinePrior(p.shifts, carry_weights={(A, "k562"): 0.5, (C, "hela"): 0.0, (A, "hela"): 0.25})
+    transfer = ContextTransfer(specificity=1.0, effects=dict(p.shifts), noise=noise)
+    return BaselinePrior(p.shifts, transfer=transfer, shrink_carried=True)
 
 
-def test_carry_weights_shrink_what_a_group_lends_elsewhere():
-    p = weighted_prior()
-    assert np.allclose(p.prior(A, "k562"), [0.75, 0.0])  # A from hela, a quarter of it
-    assert np.allclose(p.prior(C, "k562"), [0.0, 0.0])  # C's shift is all noise: nothing lent
-    assert np.allclose(p.prior(A | C, "k562"), [1.0, 0.0])  # A measured here keeps its whole shift
+def test_what_is_carried_at_its_noise_level_is_dropped():
+    # A in hela, [3, 0]: power 4.5; a variance per entry of 4.5 or more leaves nothing of it
+    p = shrinking_prior({(A, "hela"): 4.5, (A, "k562"): 0.0, (B, "k562"): 0.0, (C, "hela"): 0.0})
+    assert np.allclose(p.prior(A, "k562"), [0.0, 0.0])
+    q = shrinking_prior({(A, "hela"): 0.45, (A, "k562"): 0.0, (B, "k562"): 0.0, (C, "hela"): 0.0})
+    assert np.allclose(q.prior(A, "k562"), [2.7, 0.0])  # (1 - 0.45 / 4.5) of [3, 0]
 
 
 def test_combination_of_singles_measured_here_keeps_their_whole_shifts():
-    assert np.allclose(weighted_prior().prior(AB, "k562"), [1.0, 2.0])
+    noisy = {k: 100.0 for k in prior().shifts}
+    assert np.allclose(shrinking_prior(noisy).prior(AB, "k562"), [1.0, 2.0])
+    assert np.allclose(shrinking_prior(noisy).prior(C, "k562"), [0.0, 0.0])  # carried from hela: dropped
 
 
-def test_save_load_keeps_the_carry_weights(tmp_path):
-    p = weighted_prior()
+def test_save_load_keeps_the_shrinkage(tmp_path):
+    p = shrinking_prior({(A, "hela"): 0.45})
     p.save(tmp_path / "shifts.npz")
     q = BaselinePrior.load(tmp_path / "shifts.npz")
-    assert q.carry_weights == p.carry_weights
-    assert np.allclose(q.prior(A, "k562"), [0.75, 0.0])
-    p = prior()  # saved without weights, loaded without them
-    p.save(tmp_path / "plain.npz")
-    assert BaselinePrior.load(tmp_path / "plain.npz").carry_weights is None
+    assert q.shrink_carried
+    assert np.allclose(q.prior(A, "k562"), [2.7, 0.0])
+    prior().save(tmp_path / "plain.npz")
+    assert not BaselinePrior.load(tmp_path / "plain.npz").shrink_carried

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from perturbflow.models._shrinkage import james_stein_factor
 from perturbflow.models._transfer import ContextTransfer, pooled_effects
 
 GroupKey = tuple[frozenset, str]
@@ -34,10 +35,11 @@ class BaselinePrior:
         Cells per group (weights of the pooled effect of a context); equal when ``None``.
     transfer
         How effects move between contexts; the plain mean shift when ``None``.
-    carry_weights
-        The share of each group's shift that it lends to others (another context, another
-        perturbation); combinations of singles measured in the same context take the singles'
-        whole shifts. All of it when ``None`` (see ``perturbflow.models._shrinkage``).
+    shrink_carried
+        Shrink what is carried from other groups (another context, another perturbation)
+        towards 0 by the James-Stein factor of its sampling noise (the ``transfer``'s
+        ``noise``; see ``perturbflow.models._shrinkage``); combinations of singles measured
+        in the same context take the singles' whole shifts.
     """
 
     def __init__(
@@ -45,21 +47,24 @@ class BaselinePrior:
         shifts: dict[GroupKey, np.ndarray],
         sizes: dict[GroupKey, int] | None = None,
         transfer: ContextTransfer | None = None,
-        carry_weights: dict[GroupKey, float] | None = None,
+        shrink_carried: bool = False,
     ):
         self.shifts = {k: np.asarray(v, dtype=np.float32) for k, v in shifts.items()}
         self.sizes = {k: int(sizes[k]) if sizes else 1 for k in self.shifts}
         self.transfer = transfer or ContextTransfer()
         self.n_latent = len(next(iter(self.shifts.values())))
-        self.carry_weights = {k: float(carry_weights.get(k, 1.0)) for k in self.shifts} if carry_weights else None
-        # what each group lends to other groups (other contexts, other perturbations)
-        self.carried = self.shifts if not carry_weights else {k: self.carry_weights[k] * v for k, v in self.shifts.items()}
+        self.shrink_carried = shrink_carried
         # the transfer reads only *other* contexts, which never hold the group left out
-        self.pooled = pooled_effects(self.carried, self.sizes)
+        self.pooled = pooled_effects(self.shifts, self.sizes)
 
     def _mean(self, keys) -> np.ndarray | None:
-        vals = [self.carried[k] for k in keys]
-        return np.mean(vals, axis=0) if vals else None
+        if not keys:
+            return None
+        mean = np.mean([self.shifts[k] for k in keys], axis=0)
+        noise = self.transfer.noise
+        if self.shrink_carried and all(k in noise for k in keys):
+            mean = james_stein_factor(mean, sum(noise[k] for k in keys) / len(keys) ** 2) * mean
+        return mean
 
     def prior(self, atoms: frozenset, context: str, control_mean: np.ndarray | None = None) -> np.ndarray:
         """The baseline shift of ``atoms`` in ``context``, leaving that group itself out.
@@ -72,7 +77,8 @@ class BaselinePrior:
         singles_here = [(frozenset([a]), context) for a in atoms]
         if len(atoms) > 1 and all(k in self.shifts for k in singles_here):
             return np.sum([self.shifts[k] for k in singles_here], axis=0)  # additive
-        moved = self.transfer.transfer(atoms, context, self.carried, self.pooled, control_mean)
+        noise = self.transfer.noise if self.shrink_carried else None
+        moved = self.transfer.transfer(atoms, context, self.shifts, self.pooled, control_mean, noise)
         if moved is not None:
             return moved.astype(np.float32)  # the effect in the other contexts, similar ones first
         context_mean = self._mean([k for k in keys if k[1] == context])
@@ -101,7 +107,7 @@ class BaselinePrior:
             contexts=np.array([c for _, c in keys]),
             shifts=np.stack([self.shifts[k] for k in keys]),
             sizes=np.array([self.sizes[k] for k in keys]),
-            carry_weights=np.array([self.carry_weights[k] for k in keys]) if self.carry_weights else np.zeros(0),
+            shrink_carried=np.array(self.shrink_carried),
             transfer=np.array([t.bandwidth, t.specificity]),
             control_contexts=np.array(names, dtype=str),
             control_means=np.stack([t.control_means[c] for c in names]) if names else np.zeros((0, 0)),
@@ -133,10 +139,10 @@ class BaselinePrior:
             if "local_errors" in f:  # saved since session 10
                 contexts = [str(c) for c in f["local_contexts"]]
                 local = {float(h): dict(zip(contexts, row.tolist())) for h, row in zip(f["local_bandwidths"], f["local_errors"])}
-            carry = f["carry_weights"] if "carry_weights" in f else np.zeros(0)  # saved since session 15
+            shrink = bool(f["shrink_carried"]) if "shrink_carried" in f else False  # saved since session 15
             return cls(
                 dict(zip(keys, f["shifts"])),
                 dict(zip(keys, f["sizes"].tolist())),
                 ContextTransfer(means, bandwidth, specificity, effects, noise, local),
-                dict(zip(keys, carry.tolist())) if len(carry) else None,
+                shrink,
             )

@@ -27,7 +27,6 @@ from perturbflow.models._prediction import (
     transport_sets,
 )
 from perturbflow.models._prior import BaselinePrior
-from perturbflow.models._shrinkage import james_stein_weights
 from perturbflow.models._transfer import ContextTransfer
 from perturbflow.nn import context_statistics
 from perturbflow.train import (
@@ -149,8 +148,7 @@ def train_model(
     decoded = decoded_shifts(model.vae, z_all, library, latent_shifts, control_rows, seed)
     # (shrunk by its noise where it is lent to another context or perturbation)
     residuals = {k: gene_shifts[k] - decoded[k] for k in gene_shifts}
-    weights = james_stein_weights(residuals, noise) if model.config.residual_shrinkage else None
-    model.residual_prior = BaselinePrior(residuals, sizes, transfer, weights)
+    model.residual_prior = BaselinePrior(residuals, sizes, transfer, model.config.residual_shrinkage)
     # every group with the baseline computed without it, as a held-out group would see it
     train_groups, val_groups = (
         build_groups(cells, model.prior, atom_index, ctx_index, control_rows) for cells in (train_cells, val_cells)
