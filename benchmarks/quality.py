@@ -26,7 +26,10 @@ Each (fold, seed) trains the default model once and scores, on the same held-out
   other contexts whole, without ``residual_shrinkage``; sessions 1-14);
   with ``--ablation`` also ``flow_only`` (a model trained without the baseline prior);
 - ``latent_shift``: scGen's latent arithmetic with the model's own VAE (the decoder's means;
-  ``latent_shift_X``: counts sampled from the decoder, as scGen-style models give them);
+  ``latent_shift_X``: counts sampled from the decoder, as scGen-style models give them;
+  ``decoded_control_X``: counts sampled from the decoder at each source cell's own latent,
+  no perturbation at all, which shows what of ``latent_shift_X``'s score comes from the
+  decoder's reconstruction differing from the real control cells' mean);
 - the gene-space baselines (``additive_exact`` among them) and the split-half noise ceiling.
 
 ``python benchmarks/report.py benchmarks/results/quality.csv --folds`` prints the mean and
@@ -45,6 +48,7 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -54,6 +58,7 @@ from tasks import DEFAULT_DATA_DIR, FOLDS, RESULTS_DIR, fold_task, parse_config,
 import perturbflow as pf
 from perturbflow.data import context_labels
 from perturbflow.metrics import summarize
+from perturbflow.models._inputs import aligned_counts
 from perturbflow.models._prior import BaselinePrior
 
 BASELINES = ["control", "train_mean", "context_mean", "mean_shift", "additive", "additive_exact", "linear"]
@@ -76,6 +81,19 @@ def forced_correction(model, scale: float):
 def score(pred, task, seed: int, name: str, pred_layer="expected") -> pd.DataFrame:
     return pf.tl.evaluate(pred, task.adata, real_layer="counts", pred_layer=pred_layer, baselines=[],
                           noise_ceiling=False, seed=seed, copy=True).assign(model=name)
+
+
+def unshifted_samples(model, controls, pred, seed: int):
+    """``pred`` with its counts sampled from the decoder at each source cell's own latent, not
+    moved at all: what decoder-sampled counts score against the real control cells with no
+    perturbation in them (the reconstruction's difference from those cells' mean)."""
+    counts = aligned_counts(controls, model.genes, model.registry.layer)
+    rows = controls.obs_names.get_indexer(pred.obs["source_cell"])
+    latent = model.vae.latent(counts, rows)
+    X, _ = model.vae.decode(latent, np.asarray(counts[rows].sum(axis=1)).ravel().astype(np.float32), seed=seed)
+    out = pred.copy()
+    out.X = X
+    return out
 
 
 def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = False) -> tuple[pd.DataFrame, dict]:
@@ -117,7 +135,8 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
     tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, "residual_whole"))
     model.residual_prior = shrunk
     scgen = model.predict(controls, task.perturbations, seed=seed, method="latent_shift")
-    tables += [score(scgen, task, seed, "latent_shift"), score(scgen, task, seed, "latent_shift_X", pred_layer=None)]
+    tables += [score(scgen, task, seed, "latent_shift"), score(scgen, task, seed, "latent_shift_X", pred_layer=None),
+               score(unshifted_samples(model, controls, scgen, seed), task, seed, "decoded_control_X", pred_layer=None)]
     if ablation:
         flow_only = pf.PerturbFlow(adata, backbone=backbone, **{**config, "residual_prior": False})
         flow_only.train(seed=seed, progress_bar=False)
