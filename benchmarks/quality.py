@@ -23,7 +23,7 @@ Each (fold, seed) trains the default model once and scores, on the same held-out
   cells' moves add up to, by each ``exact_mean_by``; the shift was session 11's default) and
   ``mean_clipped`` (``exact_mean=False``: cells moved below 0 clipped without restoring the
   group's mean; sessions 1-10), ``residual_whole`` (each group's gene-space residual lent to
-  other contexts whole, without ``residual_shrinkage``; sessions 1-14);
+  other contexts whole: ``residual_shrinkage=False``, sessions 1-14);
   with ``--ablation`` also ``flow_only`` (a model trained without the baseline prior);
 - ``latent_shift``: scGen's latent arithmetic with the model's own VAE (the decoder's means;
   ``latent_shift_X``: counts sampled from the decoder, as scGen-style models give them;
@@ -131,7 +131,7 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
         tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, name))
     model.config.exact_mean, model.config.exact_mean_by = chosen, by
     shrunk = model.residual_prior  # the residuals carried to other contexts whole, as before session 15
-    model.residual_prior = BaselinePrior(shrunk.shifts, shrunk.sizes, shrunk.transfer, shrink_carried=False)
+    model.residual_prior = BaselinePrior(shrunk.shifts, shrunk.sizes, shrunk.transfer, carried_scale=1.0)
     tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, "residual_whole"))
     model.residual_prior = shrunk
     scgen = model.predict(controls, task.perturbations, seed=seed, method="latent_shift")
@@ -154,6 +154,7 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
         "exact_mean_applied": ",".join(sorted({str(pred.uns["perturbflow_prediction"]["exact_mean"].get(c))
                                                for c in held_out_contexts})),
         "decoding_scores": json.dumps(model.decoding_scores),  # per measured context, each predicted from the others
+        "residual_carried": shrunk.carried_scale,  # the share of the residual carried between contexts
         "transfer_bandwidth": transfer.bandwidth, "transfer_specificity": transfer.specificity,
     }
 

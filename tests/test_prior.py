@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from perturbflow.models._prior import BaselinePrior
-from perturbflow.models._transfer import ContextTransfer
 
 A, B, C = frozenset(["A"]), frozenset(["B"]), frozenset(["C"])
 AB = A | B
@@ -53,31 +52,19 @@ def test_save_load(tmp_path):
 
 
 
-def shrinking_prior(noise: dict) -> BaselinePrior:
+
+def test_carried_scale_applies_to_what_comes_from_other_contexts():
     p = prior()
-    transfer = ContextTransfer(specificity=1.0, effects=dict(p.shifts), noise=noise)
-    return BaselinePrior(p.shifts, transfer=transfer, shrink_carried=True)
+    p.carried_scale = 0.5
+    assert np.allclose(p.prior(B, "hela"), [0.0, 1.0])  # B from k562, half of it
+    assert np.allclose(p.prior(A | C, "k562"), [1.0, -0.5])  # A measured here whole, C from hela halved
+    assert np.allclose(p.prior(AB, "k562"), [1.0, 2.0])  # singles measured here: whole
 
 
-def test_what_is_carried_at_its_noise_level_is_dropped():
-    # A in hela, [3, 0]: power 4.5; a variance per entry of 4.5 or more leaves nothing of it
-    p = shrinking_prior({(A, "hela"): 4.5, (A, "k562"): 0.0, (B, "k562"): 0.0, (C, "hela"): 0.0})
-    assert np.allclose(p.prior(A, "k562"), [0.0, 0.0])
-    q = shrinking_prior({(A, "hela"): 0.45, (A, "k562"): 0.0, (B, "k562"): 0.0, (C, "hela"): 0.0})
-    assert np.allclose(q.prior(A, "k562"), [2.7, 0.0])  # (1 - 0.45 / 4.5) of [3, 0]
-
-
-def test_combination_of_singles_measured_here_keeps_their_whole_shifts():
-    noisy = {k: 100.0 for k in prior().shifts}
-    assert np.allclose(shrinking_prior(noisy).prior(AB, "k562"), [1.0, 2.0])
-    assert np.allclose(shrinking_prior(noisy).prior(C, "k562"), [0.0, 0.0])  # carried from hela: dropped
-
-
-def test_save_load_keeps_the_shrinkage(tmp_path):
-    p = shrinking_prior({(A, "hela"): 0.45})
+def test_save_load_keeps_the_carried_scale(tmp_path):
+    p = prior()
+    p.carried_scale = 0.25
     p.save(tmp_path / "shifts.npz")
     q = BaselinePrior.load(tmp_path / "shifts.npz")
-    assert q.shrink_carried
-    assert np.allclose(q.prior(A, "k562"), [2.7, 0.0])
-    prior().save(tmp_path / "plain.npz")
-    assert not BaselinePrior.load(tmp_path / "plain.npz").shrink_carried
+    assert q.carried_scale == 0.25
+    assert np.allclose(q.prior(B, "hela"), [0.0, 0.5])

@@ -1,29 +1,40 @@
-"""The James-Stein share of a residual that a training group lends to other contexts."""
+"""The share of the gene-space residual carried into another context, cross-validated over
+the training contexts."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from perturbflow.models._shrinkage import james_stein_factor, james_stein_weights
+from perturbflow.models._prior import BaselinePrior
+from perturbflow.models._shrinkage import carried_scale
 
 
-def test_a_residual_at_its_noise_level_is_dropped_and_a_strong_one_kept():
-    rng = np.random.default_rng(0)
-    noise = 0.01  # sampling variance per gene of the group's mean
-    pure_noise = rng.normal(0, np.sqrt(noise), 5000)
-    strong = pure_noise + rng.choice([-1.0, 1.0], 5000)  # a power of 1 + noise
-    weights = james_stein_weights({"noise": pure_noise, "strong": strong}, {"noise": noise, "strong": noise})
-    assert weights["noise"] < 0.05
-    assert np.isclose(weights["strong"], 1 - noise / np.mean(strong**2))
-    assert weights["strong"] > 0.98
+def residuals(consistent: float, n_genes: int = 2000, seed: int = 0) -> BaselinePrior:
+    """Residuals of 4 perturbations in 3 contexts: a part shared by the contexts (scaled by
+    ``consistent``) plus each context's own noise."""
+    rng = np.random.default_rng(seed)
+    shifts = {}
+    for p in "ABCD":
+        shared = consistent * rng.normal(0, 1, n_genes)
+        for c in ("x", "y", "z"):
+            shifts[(frozenset([p]), c)] = shared + rng.normal(0, 1, n_genes)
+    return BaselinePrior(shifts)
 
 
-def test_weights_are_a_share_and_a_group_without_noise_keeps_all():
-    w = james_stein_weights({"tiny": np.full(10, 1e-3), "none": np.ones(3), "zero": np.zeros(4)}, {"tiny": 1.0, "zero": 1.0})
-    assert w == {"tiny": 0.0, "none": 1.0, "zero": 1.0}
+def test_a_residual_that_carries_over_is_kept_and_noise_is_dropped():
+    assert carried_scale(residuals(consistent=0.0)) < 0.05  # nothing shared: nothing carried
+    # shared variance 9 against noise 1 in each context: the mean of two contexts has
+    # noise 1/2, so the best share is 9 / (9 + 1/2)
+    assert abs(carried_scale(residuals(consistent=3.0)) - 9 / 9.5) < 0.03
 
 
-def test_factor_is_one_minus_variance_over_power():
-    assert np.isclose(james_stein_factor(np.array([3.0, 0.0]), 0.45), 0.9)
-    assert james_stein_factor(np.array([1.0, -1.0]), 2.0) == 0.0
-    assert james_stein_factor(np.zeros(3), 1.0) == 1.0
+def test_one_context_leaves_nothing_to_cross_validate():
+    one = BaselinePrior({(frozenset(["A"]), "k562"): np.ones(3), (frozenset(["A", "B"]), "k562"): np.ones(3)})
+    assert carried_scale(one) == 1.0
+
+
+def test_the_scale_is_computed_at_full_strength_and_left_as_it_was():
+    p = residuals(consistent=3.0)
+    p.carried_scale = 0.1
+    assert carried_scale(p) > 0.9
+    assert p.carried_scale == 0.1

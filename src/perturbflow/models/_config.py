@@ -111,11 +111,12 @@ class PerturbFlowConfig:
         decoder gives for its own state; 0: every cell of a group moves by the group's mean
         decoded change).
     residual_shrinkage
-        With ``gene_offset="residual"``: shrink each training group's residual (its measured
-        mean change less the decoded change of its latent shift) towards 0 by the
-        positive-part James-Stein factor of its sampling noise (``perturbflow.models._shrinkage``),
-        so that a residual at its noise level is not added to every predicted cell. McFaline
-        (seed 0, 3 lines): top-20 Pearson delta 0.19 -> 0.40 (benchmarks/RESULTS.md, "Session 15").
+        With ``gene_offset="residual"``: carry each perturbation's residual (its measured mean
+        change less the decoded change of its latent shift) into another context only in the
+        share that predicts the residuals measured in the training contexts from the others
+        (a least-squares coefficient in ``[0, 1]``, ``perturbflow.models._shrinkage``);
+        ``False`` carries all of it (sessions 1-14). Combinations of singles measured in
+        their own context keep the singles' whole residuals.
     exact_mean
         With ``decode="delta"``: keep each predicted group's mean log-normalised expression,
         per gene, where the moves of its cells add up to (``True``), or not (``False``).

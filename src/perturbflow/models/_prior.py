@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from perturbflow.models._shrinkage import james_stein_factor
 from perturbflow.models._transfer import ContextTransfer, pooled_effects
 
 GroupKey = tuple[frozenset, str]
@@ -35,11 +34,10 @@ class BaselinePrior:
         Cells per group (weights of the pooled effect of a context); equal when ``None``.
     transfer
         How effects move between contexts; the plain mean shift when ``None``.
-    shrink_carried
-        Shrink what is carried from other groups (another context, another perturbation)
-        towards 0 by the James-Stein factor of its sampling noise (the ``transfer``'s
-        ``noise``; see ``perturbflow.models._shrinkage``); combinations of singles measured
-        in the same context take the singles' whole shifts.
+    carried_scale
+        The share kept of what is carried from other contexts (see
+        ``perturbflow.models._shrinkage``); a combination of singles measured in its own
+        context takes the singles' whole shifts.
     """
 
     def __init__(
@@ -47,24 +45,19 @@ class BaselinePrior:
         shifts: dict[GroupKey, np.ndarray],
         sizes: dict[GroupKey, int] | None = None,
         transfer: ContextTransfer | None = None,
-        shrink_carried: bool = False,
+        carried_scale: float = 1.0,
     ):
         self.shifts = {k: np.asarray(v, dtype=np.float32) for k, v in shifts.items()}
         self.sizes = {k: int(sizes[k]) if sizes else 1 for k in self.shifts}
         self.transfer = transfer or ContextTransfer()
         self.n_latent = len(next(iter(self.shifts.values())))
-        self.shrink_carried = shrink_carried
+        self.carried_scale = float(carried_scale)
         # the transfer reads only *other* contexts, which never hold the group left out
         self.pooled = pooled_effects(self.shifts, self.sizes)
 
     def _mean(self, keys) -> np.ndarray | None:
-        if not keys:
-            return None
-        mean = np.mean([self.shifts[k] for k in keys], axis=0)
-        noise = self.transfer.noise
-        if self.shrink_carried and all(k in noise for k in keys):
-            mean = james_stein_factor(mean, sum(noise[k] for k in keys) / len(keys) ** 2) * mean
-        return mean
+        vals = [self.shifts[k] for k in keys]
+        return np.mean(vals, axis=0) if vals else None
 
     def prior(self, atoms: frozenset, context: str, control_mean: np.ndarray | None = None) -> np.ndarray:
         """The baseline shift of ``atoms`` in ``context``, leaving that group itself out.
@@ -77,10 +70,9 @@ class BaselinePrior:
         singles_here = [(frozenset([a]), context) for a in atoms]
         if len(atoms) > 1 and all(k in self.shifts for k in singles_here):
             return np.sum([self.shifts[k] for k in singles_here], axis=0)  # additive
-        noise = self.transfer.noise if self.shrink_carried else None
-        moved = self.transfer.transfer(atoms, context, self.shifts, self.pooled, control_mean, noise)
+        moved = self.transfer.transfer(atoms, context, self.shifts, self.pooled, control_mean)
         if moved is not None:
-            return moved.astype(np.float32)  # the effect in the other contexts, similar ones first
+            return (self.carried_scale * moved).astype(np.float32)  # from the other contexts, similar ones first
         context_mean = self._mean([k for k in keys if k[1] == context])
         if context_mean is None:
             context_mean = self._mean(keys)
@@ -92,6 +84,7 @@ class BaselinePrior:
                 single = frozenset([a])
                 here = self.shifts.get((single, context))
                 there = self._mean([k for k in keys if k[0] == single])
+                there = None if there is None else self.carried_scale * there
                 parts.append(here if here is not None else there if there is not None else context_mean)
             return np.sum(parts, axis=0)
         return context_mean
@@ -107,7 +100,7 @@ class BaselinePrior:
             contexts=np.array([c for _, c in keys]),
             shifts=np.stack([self.shifts[k] for k in keys]),
             sizes=np.array([self.sizes[k] for k in keys]),
-            shrink_carried=np.array(self.shrink_carried),
+            carried_scale=np.array(self.carried_scale),
             transfer=np.array([t.bandwidth, t.specificity]),
             control_contexts=np.array(names, dtype=str),
             control_means=np.stack([t.control_means[c] for c in names]) if names else np.zeros((0, 0)),
@@ -139,10 +132,10 @@ class BaselinePrior:
             if "local_errors" in f:  # saved since session 10
                 contexts = [str(c) for c in f["local_contexts"]]
                 local = {float(h): dict(zip(contexts, row.tolist())) for h, row in zip(f["local_bandwidths"], f["local_errors"])}
-            shrink = bool(f["shrink_carried"]) if "shrink_carried" in f else False  # saved since session 15
+            carried = float(f["carried_scale"]) if "carried_scale" in f else 1.0  # saved since session 15
             return cls(
                 dict(zip(keys, f["shifts"])),
                 dict(zip(keys, f["sizes"].tolist())),
                 ContextTransfer(means, bandwidth, specificity, effects, noise, local),
-                shrink,
+                carried,
             )

@@ -1,22 +1,26 @@
 """How much of the gene-space residual (what of a measured change the latent does not carry)
-to carry into another context: empirical Bayes on what is carried.
+to carry into another context: the share that predicts it there, cross-validated.
 
 The residual of a training group is its measured mean change of log-normalised expression
-less the decoded change of its latent mean shift. Where the latent carries the whole effect,
-what is left is the sampling noise of the group's mean: noise of another context's cells,
-which, added to every cell predicted in a new context, adds nothing but noise. So what the
-context transfer carries (the kernel-weighted mean ``m`` of the perturbation's residuals in
-the other contexts) is shrunk towards 0 by the positive-part James-Stein factor
+less the decoded change of its latent mean shift. What the context transfer carries of it
+into a new context (the kernel-weighted residual of the perturbation in the other contexts,
+blended with their pooled residual) is worth adding to every predicted cell only in as far as
+it predicts the residual measured there. Where the latent carries the effect, what is left is
+noise of the other contexts' cells and what is particular to those contexts (a shared shift of
+all their perturbed cells, say), and adding it back adds error.
 
-``w = max(0, 1 - V / mean_g(m_g^2))``,
+So the share ``lambda`` is taken from the training contexts themselves: each measured group's
+own residual ``r_k`` is predicted from the other contexts, ``r_hat_k`` (exactly as for a new
+context), and ``lambda`` is the least-squares coefficient of ``r`` on ``r_hat`` over all
+groups and genes, clipped to ``[0, 1]``:
 
-with ``V = sum_c w_c^2 V_c`` the sampling variance per gene of that weighted mean, ``V_c``
-each group's (the cells' variance over their number, perturbed and control;
-``perturbflow.train.count_statistics``), Efron & Morris (1973). A residual consistent over
-several contexts survives (averaging cuts its noise, not its signal); one at its noise level
-is dropped. A combination of singles measured in its own context keeps the singles' whole
-residuals: there they are measured against the very control cells the prediction moves, and
-the Norman combinations need them (top-20 Pearson delta 0.94 with them, 0.77 without; seed
+``lambda = sum_k <r_k, r_hat_k> / sum_k <r_hat_k, r_hat_k>``.
+
+``r_k``'s own sampling noise is independent of ``r_hat_k`` (other cells), so it does not bias
+``lambda``; a residual that carries over keeps ``lambda`` near 1, one that does not gives
+near 0. With one measured context there is nothing to carry and ``lambda`` stays 1. A
+combination of singles measured in its own context keeps the singles' whole residuals
+(the Norman combinations need them: top-20 Pearson delta 0.94 with them, 0.77 without; seed
 0, benchmarks/RESULTS.md, "Session 15").
 """
 
@@ -24,17 +28,23 @@ from __future__ import annotations
 
 import numpy as np
 
-GroupKey = tuple[frozenset, str]
 
-
-def james_stein_factor(values: np.ndarray, variance: float) -> float:
-    """``max(0, 1 - variance / mean(values ** 2))``: the share of an estimate to keep, given
-    the sampling variance per entry of that estimate (1 when it has no power)."""
-    power = float(np.mean(np.square(values)))
-    return 1.0 if power <= 0 else max(0.0, 1.0 - variance / power)
-
-
-def james_stein_weights(residuals: dict[GroupKey, np.ndarray], noise: dict[GroupKey, float]) -> dict[GroupKey, float]:
-    """The share of each group's own residual to keep, in ``[0, 1]`` (1 for a group without a
-    noise estimate)."""
-    return {k: james_stein_factor(r, noise[k]) if k in noise else 1.0 for k, r in residuals.items()}
+def carried_scale(prior) -> float:
+    """``lambda`` of the module docstring for a :class:`~perturbflow.models._prior.BaselinePrior`
+    of residuals (each group predicted from the other contexts with its scale at 1)."""
+    contexts_of = {}
+    for atoms, context in prior.shifts:
+        contexts_of.setdefault(atoms, set()).add(context)
+    keep = prior.carried_scale
+    prior.carried_scale = 1.0
+    try:
+        cross, power = 0.0, 0.0
+        for (atoms, context), r in prior.shifts.items():
+            if len(atoms) > 1 or not contexts_of[atoms] - {context}:
+                continue  # only what the transfer carries: a single measured elsewhere too
+            r_hat = prior.prior(atoms, context)
+            cross += float(np.dot(r, r_hat))
+            power += float(np.dot(r_hat, r_hat))
+    finally:
+        prior.carried_scale = keep
+    return 1.0 if power <= 0 else float(np.clip(cross / power, 0.0, 1.0))

@@ -27,6 +27,7 @@ from perturbflow.models._prediction import (
     transport_sets,
 )
 from perturbflow.models._prior import BaselinePrior
+from perturbflow.models._shrinkage import carried_scale
 from perturbflow.models._transfer import ContextTransfer
 from perturbflow.nn import context_statistics
 from perturbflow.train import (
@@ -146,9 +147,10 @@ def train_model(
     # what of each measured change the latent does not carry, moved between groups like
     # the shifts themselves and added back in gene space at prediction
     decoded = decoded_shifts(model.vae, z_all, library, latent_shifts, control_rows, seed)
-    # (shrunk by its noise where it is lent to another context or perturbation)
-    residuals = {k: gene_shifts[k] - decoded[k] for k in gene_shifts}
-    model.residual_prior = BaselinePrior(residuals, sizes, transfer, model.config.residual_shrinkage)
+    model.residual_prior = BaselinePrior({k: gene_shifts[k] - decoded[k] for k in gene_shifts}, sizes, transfer)
+    if model.config.residual_shrinkage:  # carried to other contexts in as far as it predicts them
+        model.residual_prior.carried_scale = carried_scale(model.residual_prior)
+        logger.info("residual carried between contexts: %.2f of it", model.residual_prior.carried_scale)
     # every group with the baseline computed without it, as a held-out group would see it
     train_groups, val_groups = (
         build_groups(cells, model.prior, atom_index, ctx_index, control_rows) for cells in (train_cells, val_cells)

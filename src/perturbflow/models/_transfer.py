@@ -43,8 +43,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from perturbflow.models._shrinkage import james_stein_factor
-
 logger = logging.getLogger(__name__)
 
 GroupKey = tuple[frozenset, str]
@@ -147,14 +145,8 @@ class ContextTransfer:
         shifts: dict[GroupKey, np.ndarray],
         pooled: dict[str, np.ndarray],
         control_mean: np.ndarray | None = None,
-        noise: dict[GroupKey, float] | None = None,
     ) -> np.ndarray | None:
-        """The effect of ``atoms`` in ``context`` from the other contexts, or ``None`` if never seen.
-
-        With ``noise`` (each group's sampling variance per gene of ``shifts``), the effect is
-        shrunk towards 0 by the James-Stein factor of the sampling variance of that weighted
-        mean (``perturbflow.models._shrinkage``).
-        """
+        """The effect of ``atoms`` in ``context`` from the other contexts, or ``None`` if never seen."""
         seen = {c: v for (a, c), v in shifts.items() if a == atoms and c != context}
         if not seen:
             return None
@@ -167,15 +159,10 @@ class ContextTransfer:
         specific = np.tensordot(w_seen, np.stack(list(seen.values())), axes=1)
         w_others = np.array([w[c] for c in others])
         a = self.shrinkage(atoms, list(seen), w_seen, others, w_others)
-        effect = specific
-        if a < 1.0 and others:
-            shared = np.tensordot(w_others, np.stack([pooled[c] for c in others]), axes=1)
-            effect = a * specific + (1 - a) * shared
-        keys = [(atoms, c) for c in seen]
-        if noise is not None and all(k in noise for k in keys):
-            variance = min(a, 1.0) ** 2 * float(np.sum(w_seen**2 * np.array([noise[k] for k in keys])))
-            effect = james_stein_factor(effect, variance) * effect
-        return effect
+        if a >= 1.0 or not others:
+            return specific
+        shared = np.tensordot(w_others, np.stack([pooled[c] for c in others]), axes=1)
+        return a * specific + (1 - a) * shared
 
     @classmethod
     def select(
