@@ -212,7 +212,7 @@ def test_exact_mean_puts_each_groups_mean_where_the_moves_add_up(trained_model, 
         kept = exact.layers["expected"][rows]
         same = np.isclose(kept, clipped.layers["expected"][rows], rtol=1e-4, atol=1e-4)
         assert np.all(same | (kept == 0)) and not same.all()  # cells set to 0, the others untouched
-        falling = lifted - target > 0.05
+        falling = lifted - target > min(0.05, 0.5 * (lifted - target).max())  # the genes clipping lifted most
         if by == "zeroing":  # the lowest cells, and the mean within a cell's share of the target
             moved_before = _log_expression(counts, src[rows], clipped.layers["expected"][rows])
             for g in np.flatnonzero(~same.all(0)):
