@@ -51,8 +51,6 @@ def test_save_load(tmp_path):
     assert all(np.allclose(q.shifts[k], p.shifts[k]) for k in p.shifts)
 
 
-
-
 def test_carried_scale_applies_to_what_comes_from_other_contexts():
     p = prior()
     p.carried_scale = 0.5

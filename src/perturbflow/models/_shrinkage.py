@@ -31,20 +31,14 @@ import numpy as np
 
 def carried_scale(prior) -> float:
     """``lambda`` of the module docstring for a :class:`~perturbflow.models._prior.BaselinePrior`
-    of residuals (each group predicted from the other contexts with its scale at 1)."""
-    contexts_of = {}
-    for atoms, context in prior.shifts:
-        contexts_of.setdefault(atoms, set()).add(context)
-    keep = prior.carried_scale
-    prior.carried_scale = 1.0
-    try:
-        cross, power = 0.0, 0.0
-        for (atoms, context), r in prior.shifts.items():
-            if len(atoms) > 1 or not contexts_of[atoms] - {context}:
-                continue  # only what the transfer carries: a single measured elsewhere too
-            r_hat = prior.prior(atoms, context)
-            cross += float(np.dot(r, r_hat))
-            power += float(np.dot(r_hat, r_hat))
-    finally:
-        prior.carried_scale = keep
+    of residuals: each single measured in another context too predicted from the others by the
+    prior's transfer, whole (as :meth:`~perturbflow.models._prior.BaselinePrior.prior` carries
+    it before its ``carried_scale``)."""
+    cross, power = 0.0, 0.0
+    for (atoms, context), r in prior.shifts.items():
+        r_hat = None if len(atoms) > 1 else prior.transfer.transfer(atoms, context, prior.shifts, prior.pooled)
+        if r_hat is None:
+            continue  # a combination, or a single measured nowhere else: nothing carried
+        cross += float(np.dot(r, r_hat))
+        power += float(np.dot(r_hat, r_hat))
     return 1.0 if power <= 0 else float(np.clip(cross / power, 0.0, 1.0))
