@@ -60,6 +60,7 @@ from perturbflow.data import context_labels
 from perturbflow.metrics import summarize
 from perturbflow.models._inputs import aligned_counts
 from perturbflow.models._prior import BaselinePrior
+from perturbflow.train import fitted_share
 
 BASELINES = ["control", "train_mean", "context_mean", "mean_shift", "additive", "additive_exact", "linear"]
 HEADLINE = ["pearson_delta", "pearson_delta_top20", "mse_top20", "energy_distance", "energy_floor", "mmd",
@@ -129,6 +130,10 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
                               (True, "shift", "exact_shift"), (False, by, "mean_clipped")):  # each decoding, everywhere
         model.config.exact_mean, model.config.exact_mean_by = forced, how
         tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, name))
+    fitted = fitted_share(model.decoding_scores, [c for c in model.decoding_scores if c not in held_out_contexts])
+    for share, name in ((0.5, "exact_half"), (fitted, "exact_fitted")):  # a share of clipping's lift put back
+        model.config.exact_mean = share
+        tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, name))
     model.config.exact_mean, model.config.exact_mean_by = chosen, by
     shrunk = model.residual_prior  # the residuals carried to other contexts whole, as before session 15
     model.residual_prior = BaselinePrior(shrunk.shifts, shrunk.sizes, shrunk.transfer, carried_scale=1.0)
@@ -154,6 +159,7 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
         "exact_mean_applied": ",".join(sorted({str(pred.uns["perturbflow_prediction"]["exact_mean"].get(c))
                                                for c in held_out_contexts})),
         "decoding_scores": json.dumps(model.decoding_scores),  # per measured context, each predicted from the others
+        "exact_fitted_share": fitted,  # exact_fitted's share of clipping's lift put back
         "residual_carried": shrunk.carried_scale,  # the share of the residual carried between contexts
         "transfer_bandwidth": transfer.bandwidth, "transfer_specificity": transfer.specificity,
     }

@@ -20,7 +20,8 @@ The decoding: each run with ``decoding_scores`` (every measured context predicte
 others, decoded exact and clipped) is replayed with :func:`perturbflow.train.choose_decoding`
 over all of them; its outcome is the run's ``exact_zeroing`` or ``mean_clipped`` row. Those
 rows carry the run's own choice of the flow's part, so where that part was applied the
-replay is of the decoding alone.
+replay is of the decoding alone. Runs that scored a share of clipping's lift put back
+(rows ``exact_half`` and ``exact_fitted``, from session 16) are averaged beside them.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def runs(paths: list[str]) -> list[dict]:
 def decoding_replay(paths: list[str]) -> None:
     """The decoding chosen over every measured context, against each run's own choice."""
     lines, totals = [], {"recorded": [], "replayed": [], "always exact": [], "always clipped": []}
+    shares = {"exact_half": "half the lift put back", "exact_fitted": "the fitted share (fitted_share)"}
     for path in paths:
         df = pd.read_csv(path)
         if not {"decoding_scores", "energy_floor"} <= set(df.columns):
@@ -82,6 +84,9 @@ def decoding_replay(paths: list[str]) -> None:
             replayed = rows["exact_zeroing" if choice == "exact" else "mean_clipped"]
             for name, value in zip(totals, (rows["perturbflow"], replayed, rows["exact_zeroing"], rows["mean_clipped"])):
                 totals[name].append(value)
+            for row, name in shares.items():  # rows of runs that scored a share of the lift
+                if row in by.index:
+                    totals.setdefault(name, []).append((by.loc[row, "pearson_delta_top20"], by.loc[row, "energy_excess"]))
             applied = by.loc["perturbflow"].get("exact_mean_applied")
             lines.append(f"| {path.rsplit('/', 1)[-1]} | {task} | {seed} | {rows['exact_zeroing'][1]:.3f} | "
                          f"{rows['mean_clipped'][1]:.3f} | {applied} {rows['perturbflow'][1]:.3f} | "
@@ -94,7 +99,8 @@ def decoding_replay(paths: list[str]) -> None:
     print(f"\n{len(lines)} runs; mean top-20 Pearson delta / energy excess over the floor:\n")
     for name, values in totals.items():
         values = np.array(values, dtype=float)
-        print(f"- {name}: {values[:, 0].mean():.3f} / {values[:, 1].mean():.3f}")
+        print(f"- {name}: {values[:, 0].mean():.3f} / {values[:, 1].mean():.3f}"
+              + ("" if len(values) == len(lines) else f" ({len(values)} runs)"))
 
 
 def main(argv=None) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from perturbflow.data import Group
-from perturbflow.train import DECODINGS, choose_decoding, decoding_scores
+from perturbflow.train import DECODINGS, choose_decoding, decoding_scores, fitted_share
+from perturbflow.train._decoding_choice import LIFT_FIT, LIFT_SQUARED
 
 
 def test_choose_decoding_averages_the_measured_contexts():
@@ -44,6 +46,34 @@ def test_decoding_scores_prefer_the_decoding_that_reproduces_the_real_cells():
     scores = decoding_scores(groups, ["ctx0", "ctx1"], lambda rows: data[rows], predicted, seed=0)
     assert set(scores) == {"ctx0", "ctx1"}
     for s in scores.values():
-        assert set(s) == set(DECODINGS)
+        assert set(s) == {*DECODINGS, LIFT_FIT, LIFT_SQUARED}
         assert s["exact"] < 0.1 * s["clipped"]
     assert sorted(calls) == [(0, n, False), (0, n, True), (1, n, False), (1, n, True)]
+    # the real move is all of exact's: share 1 (the real means' noise, ~0.1 per gene, is small)
+    assert fitted_share(scores, ["ctx0", "ctx1"]) == pytest.approx(1.0, abs=0.1)
+
+    def overshooting(group, rows, exact):  # "exact" moves twice as far as the real cells
+        return data[rows] + (3.0 if exact else 0.0)
+
+    scores = decoding_scores(groups, ["ctx0", "ctx1"], lambda rows: data[rows], overshooting, seed=0)
+    assert fitted_share(scores, ["ctx0", "ctx1"]) == pytest.approx(0.5, abs=0.05)
+    assert fitted_share(scores, ["ctx0"]) == pytest.approx(0.5, abs=0.05)
+
+
+def test_fitted_share_is_a_clipped_least_squares_coefficient():
+    """sum lift_fit / sum lift_squared over the contexts asked for, in [0, 1]; 1 where
+    nothing was scored or nothing was clipped."""
+    scores = {
+        "A": {"exact": 1.0, "clipped": 2.0, LIFT_FIT: 3.0, LIFT_SQUARED: 4.0},
+        "B": {"exact": 1.0, "clipped": 2.0, LIFT_FIT: -1.0, LIFT_SQUARED: 4.0},
+        "C": {"exact": 1.0, "clipped": 2.0, LIFT_FIT: 9.0, LIFT_SQUARED: 1.0},
+        "D": {"exact": 1.0, "clipped": 1.0, LIFT_FIT: 0.0, LIFT_SQUARED: 0.0},
+        "old": {"exact": 1.0, "clipped": 2.0},  # recorded before the sums were
+    }
+    assert fitted_share(scores, ["A"]) == pytest.approx(0.75)
+    assert fitted_share(scores, ["A", "B"]) == pytest.approx(0.25)
+    assert fitted_share(scores, ["B"]) == 0.0
+    assert fitted_share(scores, ["C"]) == 1.0
+    assert fitted_share(scores, ["D"]) == 1.0
+    assert fitted_share(scores, ["old", "E"]) == 1.0
+    assert fitted_share(scores, ["A", "old"]) == pytest.approx(0.75)

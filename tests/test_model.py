@@ -224,6 +224,35 @@ def test_exact_mean_puts_each_groups_mean_where_the_moves_add_up(trained_model, 
         assert abs((got - target)[falling].mean()) < 0.25 * (lifted - target)[falling].mean()
 
 
+def test_exact_mean_takes_true_false_auto_or_a_share():
+    for value in (True, False, "auto", 0.0, 0.5, 1):
+        assert pf.PerturbFlowConfig(exact_mean=value).exact_mean == value
+    for value in (1.5, -0.1, "half"):
+        with pytest.raises(PerturbFlowError, match="exact_mean"):
+            pf.PerturbFlowConfig(exact_mean=value)
+
+
+@pytest.mark.parametrize("by", ["shift", "zeroing"])
+def test_a_share_of_the_exact_mean_puts_back_that_share_of_the_lift(trained_model, controls, by):
+    """``exact_mean=0.5``: each group's mean halfway between the clipped mean and the mean of
+    the moves (exactly with a shift, to within a cell by zeroing), and the prediction records
+    the share."""
+    half = _without_correction(trained_model, controls, exact_mean=0.5, exact_mean_by=by)
+    whole = _without_correction(trained_model, controls, exact_mean=True, exact_mean_by=by)
+    clipped = _without_correction(trained_model, controls, exact_mean=False)
+    assert set(half.uns["perturbflow_prediction"]["exact_mean"].values()) == {0.5}
+    counts = controls.X.toarray() if hasattr(controls.X, "toarray") else np.asarray(controls.X)
+    src = controls.obs_names.get_indexer(half.obs["source_cell"])
+    for c in np.unique(half.obs["cell_type"]):
+        rows = (half.obs["cell_type"] == c).to_numpy()
+        means = [_log_expression(counts, src[rows], p.layers["expected"][rows]).mean(0) for p in (half, whole, clipped)]
+        got, target, lifted = means
+        assert (lifted - target).max() > 1e-3
+        cell = _log_expression(counts, src[rows], clipped.layers["expected"][rows]).max(0) / rows.sum()
+        step = 1e-4 if by == "shift" else 1e-4 + 2 * cell  # within a cell of half, the whole within a cell
+        assert np.all(np.abs(got - (lifted + target) / 2) <= step)
+
+
 def test_exact_mean_is_applied_per_context(trained_model, controls):
     """Each context's groups are decoded with or without the exact mean as
     ``exact_mean_in`` says for that context, and the prediction records it."""

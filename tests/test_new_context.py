@@ -147,7 +147,7 @@ def test_auto_probes_the_nearest_measured_context_and_predicts_with_its_choice(t
     # with exact_mean="auto", so is whether the group means are kept exact: each measured
     # context was predicted from the others, both ways, and scored against its real cells
     assert set(model.decoding_scores) == set(contexts) - {new}
-    assert all(set(s) == set(DECODINGS) and all(np.isfinite(list(s.values()))) for s in model.decoding_scores.values())
+    assert all(set(DECODINGS) <= set(s) and all(np.isfinite(list(s.values()))) for s in model.decoding_scores.values())
     assert info["exact_mean"][new] is model.exact_mean_in(new)
 
     model.save(tmp_path / "model")

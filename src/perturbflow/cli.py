@@ -144,7 +144,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
         for context, scale in info["flow_correction"].items()))
     if info.get("exact_mean"):
         print("group means kept exact: " + ", ".join(
-            f"{context or 'all cells'} {'yes' if exact else 'no (clipped at 0)'}" for context, exact in info["exact_mean"].items()))
+            f"{context or 'all cells'} {exact_mean_words(exact)}" for context, exact in info["exact_mean"].items()))
+
+
+def exact_mean_words(exact: bool | float) -> str:
+    """How a context's group means were kept, for the CLI's summary."""
+    if isinstance(exact, bool) or exact in (0, 1):
+        return "yes" if exact else "no (clipped at 0)"
+    return f"{exact:.2f} of clipping's lift put back"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

@@ -122,7 +122,8 @@ class PerturbFlowConfig:
         per gene, where the moves of its cells add up to (``True``), or not (``False``).
         Moved cells are clipped at 0, which lifts the mean of a gene that goes down (its
         zeros cannot fall); ``exact_mean_by`` says how it is put back, as the
-        ``additive_exact`` baseline does in gene space. ``"auto"`` keeps it exact in the
+        ``additive_exact`` baseline does in gene space. A number in ``[0, 1]`` puts back
+        that share of the lift. ``"auto"`` keeps it exact in the
         contexts the flow was fitted in, and in a new context decides on the measured
         training contexts: each is predicted from the others both ways and scored against
         its real cells (``perturbflow.train.decoding_scores``), and the way with the smaller
@@ -182,7 +183,7 @@ class PerturbFlowConfig:
     gene_offset: Literal["residual", "baseline", "prior_mean"] = "residual"
     cell_response: float = 1.0
     residual_shrinkage: bool = True
-    exact_mean: bool | Literal["auto"] = "auto"
+    exact_mean: bool | float | Literal["auto"] = "auto"
     exact_mean_by: Literal["zeroing", "thinning", "shift"] = "zeroing"
     reflow_steps: int = 0
     n_steps: int = 4
@@ -195,6 +196,9 @@ class PerturbFlowConfig:
         for name, kind in get_type_hints(type(self)).items():
             choices = get_args(kind) if get_origin(kind) is Literal else ()
             if name == "exact_mean":
+                value = self.exact_mean
+                if not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value <= 1:
+                    continue  # a share of clipping's lift
                 choices = (True, False, "auto")
             if choices and getattr(self, name) not in choices:
                 allowed = ", ".join(repr(c) for c in choices)

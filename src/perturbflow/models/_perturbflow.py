@@ -244,7 +244,7 @@ class PerturbFlow:
         near = nearest_context(np.asarray(mean), {c: v[: len(v) // 2] for c, v in half.items()})
         return self.new_context_parts[near]
 
-    def exact_mean_in(self, context: str) -> bool:
+    def exact_mean_in(self, context: str) -> bool | float:
         """Whether each predicted group's mean is kept exact in ``context`` (see
         ``PerturbFlowConfig.exact_mean``). With ``"auto"``: yes in a context the flow was
         fitted in; in a new one, the decoding that predicted the measured training contexts
@@ -252,7 +252,7 @@ class PerturbFlow:
         scores."""
         setting = self.config.exact_mean
         if setting != "auto":
-            return bool(setting)
+            return setting if isinstance(setting, bool) else float(setting)
         measured = sorted(c for c in self.decoding_scores if c != context)
         if context in self.flow_contexts or not measured:
             return True

@@ -47,8 +47,8 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
     applied: dict[str, float] = {}  # the share of the flow's correction kept, per context
     parts: dict[str, str] = {}  # which part of it: all, its mean, or its shape (less the mean)
     bandwidths: dict[str, float] = {}  # the context transfer's kernel bandwidth, per context
-    exact: dict[str, bool] = {}  # whether each group's mean is kept exact, per context
-    exact_of_group: list[bool] = []
+    exact: dict[str, bool | float] = {}  # whether each group's mean is kept exact (or its share), per context
+    exact_of_group: list[bool | float] = []
     plain = model.plain_prior() if method == "latent_shift" else None
     described: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
     from rich.progress import track
@@ -124,7 +124,7 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
         "flow_correction_part": parts,
         "context_bandwidth": bandwidths,
         "gene_offset": model.config.gene_offset if model.config.residual_prior else "none",
-        "exact_mean": {c: bool(e and moves) for c, e in exact.items()},
+        "exact_mean": {c: (e if moves else False) for c, e in exact.items()},
         "exact_mean_by": model.config.exact_mean_by,
         "perturbation_key": reg.perturbation_key,
         "control_value": reg.control_value,
@@ -170,7 +170,8 @@ def mean_response(model, z0: np.ndarray, z1: np.ndarray) -> np.ndarray | float:
 def decode_moves(model, z_ref, z_pred, counts, rows, gene_shift, shift_of_rows, seed, exact_mean):
     """The source cells ``rows`` of ``counts`` moved by the decoded change from ``z_ref`` to
     ``z_pred`` and by ``gene_shift[shift_of_rows]``, with each group's mean kept exact where
-    ``exact_mean`` (one boolean per group) says so: integer and expected counts."""
+    ``exact_mean`` (one boolean, or share of clipping's lift put back, per group) says so:
+    integer and expected counts."""
     return model.vae.decode_delta(
         z_ref,
         z_pred,

@@ -104,13 +104,14 @@ def _log_space_round_torch(
     return lo.add_(up.view(torch.uint8).t().contiguous())  # bytes transpose faster than bools
 
 
-def zeroing_level(moved: np.ndarray) -> np.ndarray:
+def zeroing_level(moved: np.ndarray, share: float = 1.0) -> np.ndarray:
     """Per gene of ``moved`` (cells' log expression after their moves, before clipping at 0,
     ``(n, G)``), the level ``t`` such that setting the clipped cells at or below ``t`` to 0
     brings their mean down to the mean of the moves (or to 0): the smallest cells first,
-    until at least the excess is removed; 0 where clipping lifts nothing."""
+    until at least the excess is removed; 0 where clipping lifts nothing. With ``share < 1``
+    only that share of the excess (the lift of clipping) is removed."""
     clipped = np.maximum(moved, 0)
-    excess = (clipped.mean(0) - np.maximum(moved.mean(0), 0)) * len(moved)  # (G,) to remove
+    excess = share * (clipped.mean(0) - np.maximum(moved.mean(0), 0)) * len(moved)  # (G,) to remove
     ordered = np.sort(clipped, axis=0)  # (n, G) ascending, zeros first
     removed = np.cumsum(ordered, axis=0)  # what setting the first i + 1 cells to 0 removes
     first = np.minimum((removed < excess[None, :] - 1e-9).sum(0), len(moved) - 1)  # first index reaching it
@@ -313,7 +314,7 @@ class CountVAE:
         shift_of_rows: np.ndarray | None = None,
         seed: int = 0,
         change_scale: float = 1.0,
-        exact_mean: bool | Sequence[bool] = False,
+        exact_mean: bool | float | Sequence[bool | float] = False,
         exact_by: str = "zeroing",
     ) -> tuple[sp.csr_matrix, np.ndarray]:
         """Move real source cells by the decoded change from ``z_0`` to ``z_1``.
@@ -326,8 +327,9 @@ class CountVAE:
         difference, and each predicted cell keeps the identity and noise of its source cell.
 
         Moved cells are clipped at 0, which lifts the mean of a gene that goes down. With
-        ``exact_mean`` (a sequence of booleans says it for each group of rows, a value of
-        ``shift_of_rows``), each group's mean is kept where its moves add up to, on the genes
+        ``exact_mean`` (a sequence says it for each group of rows, a value of
+        ``shift_of_rows``; a number in ``[0, 1]`` is the share of clipping's lift taken away,
+        ``True`` all of it), each group's mean is kept where its moves add up to, on the genes
         where some of its cells are clipped, estimated on at most ``EXACT_MEAN_CELLS`` of its
         cells: with ``exact_by="thinning"`` each of its cells is set to 0 in such a gene with
         the probability ``1 - target / clipped mean`` (as thinning of counts makes zeros;
@@ -346,7 +348,7 @@ class CountVAE:
         rng, device = np.random.default_rng(seed), self.device
         groups = np.zeros(len(rows), dtype=np.int64) if shift_of_rows is None else np.asarray(shift_of_rows)
         shifts = None if gene_shift is None else torch.as_tensor(gene_shift, dtype=torch.float32, device=device)  # (K, G)
-        exact = np.broadcast_to(np.asarray(exact_mean, dtype=bool), (int(groups.max()) + 1,))
+        exact = np.broadcast_to(np.clip(np.asarray(exact_mean, dtype=np.float64), 0, 1), (int(groups.max()) + 1,))
         drop = floor = None  # (K, G): the chance that a cell is set to 0, or the level up to which
         if exact.any():  # what undoes the lift of clipping at 0, per group and gene
             fix = self._exact_mean_fix(z_0, z_1, counts, rows, shifts, groups, seed, change_scale, exact, exact_by)
@@ -390,14 +392,16 @@ class CountVAE:
         return torch.log1p(x.mul_(scale)).add_(change), scale
 
     def _exact_mean_fix(self, z_0, z_1, counts, rows, shifts, groups, seed, change_scale, exact, by) -> torch.Tensor:
-        """Per group ``k`` with ``exact[k]``, what keeps its cells' mean, clipped at 0, at the
-        mean of their moves, ``(K, G)``: the per-gene shift (``by="shift"``), the level up to
-        which cells are set to 0 (``"zeroing"``) or the chance of setting a cell to 0
-        (``"thinning"``); 0 for the other groups and genes."""
+        """Per group ``k`` with ``exact[k] > 0``, what keeps its cells' mean, clipped at 0, at
+        the mean of their moves (with ``exact[k] < 1``, takes that share of clipping's lift
+        away), ``(K, G)``: the per-gene shift (``by="shift"``), the level up to which cells are
+        set to 0 (``"zeroing"``) or the chance of setting a cell to 0 (``"thinning"``); 0 for
+        the other groups and genes."""
         rng = np.random.default_rng([seed, 1])  # apart from the rounding's draws
         out = torch.zeros(len(exact), self.module.n_input, device=self.device)
         for k in np.unique(groups):
-            if not exact[k]:
+            share = float(exact[k])
+            if share <= 0:
                 continue
             at = np.flatnonzero(groups == k)
             if len(at) > EXACT_MEAN_CELLS:
@@ -405,13 +409,13 @@ class CountVAE:
             moved = self._moved(z_0, z_1, counts, rows, at, shifts, groups, change_scale)[0].cpu().numpy()
             clipped = np.flatnonzero((moved < 0).any(0))  # the other genes' means are already exact
             cells = moved[:, clipped]
+            lifted = np.maximum(cells, 0).mean(0)
+            target = lifted - share * (lifted - np.maximum(cells.mean(0), 0))  # the mean kept
             if by == "shift":
-                fix = mean_exact_shift(cells, np.zeros(len(clipped), dtype=np.float32))
+                fix = mean_exact_shift(cells, target - cells.mean(0))
             elif by == "zeroing":
-                fix = zeroing_level(cells)
+                fix = zeroing_level(cells, share)
             else:
-                lifted = np.maximum(cells, 0).mean(0)
-                target = np.maximum(cells.mean(0), 0)
                 fix = np.where(lifted > 0, 1 - target / np.maximum(lifted, 1e-12), 0.0).clip(0, 1)
             out[k, torch.from_numpy(clipped).to(self.device)] = torch.from_numpy(np.asarray(fix, dtype=np.float32)).to(self.device)
         return out

@@ -16,7 +16,12 @@ from perturbflow.train._checkpoints import (
     stage_trainer_kwargs,
 )
 from perturbflow.train._context_axes import context_axes
-from perturbflow.train._decoding_choice import DECODINGS, choose_decoding, decoding_scores
+from perturbflow.train._decoding_choice import (
+    DECODINGS,
+    choose_decoding,
+    decoding_scores,
+    fitted_share,
+)
 from perturbflow.train._fit_flow import build_flow, fit_flow
 from perturbflow.train._fit_vae import fit_vae
 from perturbflow.train._groups import (
@@ -64,6 +69,7 @@ __all__ = [
     "digest",
     "fit_flow",
     "fit_vae",
+    "fitted_share",
     "flow_couplings",
     "gene_space_shifts",
     "is_main_process",

@@ -32,6 +32,9 @@ from perturbflow.metrics import energy_distance
 from perturbflow.train._new_context import MAX_CELLS, real_cells_pca
 
 DECODINGS = ("exact", "clipped")  # ties go to the first
+# per context, beside each decoding's score, the sums of the least-squares fit of the real
+# group means on the two decodings' (see fitted_share)
+LIFT_FIT, LIFT_SQUARED = "lift_fit", "lift_squared"
 MAX_GROUPS = 16  # groups per context scored, the largest first
 
 # (group, source rows, exact_mean) -> the group's prediction for those source cells,
@@ -47,7 +50,10 @@ def decoding_scores(
     seed: int,
 ) -> dict[str, dict[str, float]]:
     """``{context: {decoding: mean energy distance over its groups}}`` for each context of
-    ``groups`` (each group predicted without its own context, as a new context is).
+    ``groups`` (each group predicted without its own context, as a new context is), with
+    the sums :func:`fitted_share` takes: over the context's groups, ``lift_fit`` =
+    ``<real mean - clipped mean, exact mean - clipped mean>`` and ``lift_squared`` =
+    ``||exact mean - clipped mean||^2`` (group means of log-normalised expression).
 
     ``real(rows)`` is the log-normalised expression of those cells; at most ``MAX_GROUPS``
     groups per context (those with the most perturbed cells) and ``MAX_CELLS`` cells per
@@ -60,15 +66,20 @@ def decoding_scores(
     scores = {}
     for name in sorted(by_context):
         chosen = sorted(by_context[name], key=lambda g: (-len(g.target_idx), g.label))[:MAX_GROUPS]
-        totals = np.zeros(len(DECODINGS))
+        totals, fit, squared = np.zeros(len(DECODINGS)), 0.0, 0.0
         for g in chosen:
             src = np.sort(rng.choice(g.source_idx, min(len(g.source_idx), MAX_CELLS), replace=False))
             tgt = np.sort(rng.choice(g.target_idx, min(len(g.target_idx), MAX_CELLS), replace=False))
             real_src, real_tgt = real(src), real(tgt)
             pca = real_cells_pca(real_src, real_tgt, seed)
             tgt_pcs = pca.transform(real_tgt)
-            totals += [energy_distance(pca.transform(predicted(g, src, d == "exact")), tgt_pcs) for d in DECODINGS]
+            exact, clipped = (predicted(g, src, d == "exact") for d in DECODINGS)
+            totals += [energy_distance(pca.transform(x), tgt_pcs) for x in (exact, clipped)]
+            lift = exact.mean(0) - clipped.mean(0)  # (G,) what keeping the mean exact takes away
+            fit += float(np.dot(real_tgt.mean(0) - clipped.mean(0), lift))
+            squared += float(np.dot(lift, lift))
         scores[name] = dict(zip(DECODINGS, (totals / len(chosen)).tolist()))
+        scores[name].update({LIFT_FIT: fit, LIFT_SQUARED: squared})
     return scores
 
 
@@ -80,3 +91,17 @@ def choose_decoding(scores: dict[str, dict[str, float]], contexts: Sequence[str]
         return DECODINGS[0]
     totals = [float(np.mean([scores[c][d] for c in used])) for d in DECODINGS]
     return DECODINGS[int(np.argmin(np.round(totals, 9)))]
+
+
+def fitted_share(scores: dict[str, dict[str, float]], contexts: Sequence[str]) -> float:
+    """The share of clipping's lift to take away in a new context: the least-squares
+    coefficient of the measured contexts' real group means on the exact decoding's, both
+    less the clipped decoding's (``sum lift_fit / sum lift_squared`` over ``contexts``),
+    clipped to ``[0, 1]``. The real cells' sampling noise is independent of the prediction
+    and does not bias it. 1 without any scored context, or where no scored context was
+    clipped at all."""
+    used = [scores[c] for c in contexts if c in scores and LIFT_SQUARED in scores[c]]
+    squared = sum(s[LIFT_SQUARED] for s in used)
+    if squared <= 0:
+        return 1.0
+    return float(np.clip(sum(s[LIFT_FIT] for s in used) / squared, 0.0, 1.0))
