@@ -21,7 +21,8 @@ others, decoded exact and clipped) is replayed with :func:`perturbflow.train.cho
 over all of them; its outcome is the run's ``exact_zeroing`` or ``mean_clipped`` row. Those
 rows carry the run's own choice of the flow's part, so where that part was applied the
 replay is of the decoding alone. Runs that scored a share of clipping's lift put back
-(rows ``exact_half`` and ``exact_fitted``, from session 16) are averaged beside them.
+(rows ``exact_half``, ``exact_fitted`` in session 16's run, ``decoding_chosen`` after it, when the
+fitted share became the default) are averaged beside them.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def runs(paths: list[str]) -> list[dict]:
 def decoding_replay(paths: list[str]) -> None:
     """The decoding chosen over every measured context, against each run's own choice."""
     lines, totals = [], {"recorded": [], "replayed": [], "always exact": [], "always clipped": []}
-    shares = {"exact_half": "half the lift put back", "exact_fitted": "the fitted share (fitted_share)"}
+    shares = {"exact_half": "half the lift put back", "exact_fitted": "the fitted share (session 16's run)",
+              "decoding_chosen": "exact or clipped by the scores (sessions 13-15)"}
     for path in paths:
         df = pd.read_csv(path)
         if not {"decoding_scores", "energy_floor"} <= set(df.columns):

@@ -154,10 +154,14 @@ def rank(*paths: str) -> None:
 
 
 def _exact_mean_counts(timing: pd.DataFrame) -> str:
-    """How often the held-out context's group means were kept exact (``exact_mean="auto"``)."""
+    """How often the held-out context's group means were kept exact (``exact_mean="auto"``),
+    or, since session 16, the range of the share of clipping's lift put back."""
     if "exact_mean_applied" not in timing:
         return ""
     applied = timing["exact_mean_applied"].dropna().astype(str)
+    shares = pd.to_numeric(applied, errors="coerce").dropna()
+    if len(shares):
+        return f"; share of clipping's lift put back {shares.min():.2f}-{shares.max():.2f} over {len(shares)} runs"
     return f"; group means kept exact in {(applied == 'True').sum()} of {len(applied)} runs"
 
 

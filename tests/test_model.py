@@ -272,10 +272,41 @@ def test_exact_mean_is_applied_per_context(trained_model, controls):
     assert mixed.uns["perturbflow_prediction"]["exact_mean"] == {c: c == first for c in set(contexts)}
 
 
-def test_exact_mean_auto_decides_a_new_context_on_the_measured_ones(trained_model, controls):
+def test_exact_mean_auto_fits_a_new_contexts_share_on_the_measured_ones(trained_model, controls):
     """``exact_mean="auto"``: a context the flow was fitted in keeps the exact mean; a new one
-    takes the decoding that predicted the measured contexts better (``decoding_scores``, from
-    training; see tests/test_new_context.py), averaged over them."""
+    puts back the share of clipping's lift fitted on the measured contexts' real group means
+    (``decoding_scores``' sums, from training; see tests/test_new_context.py), and decodes as
+    that share does."""
+    contexts = sorted(trained_model.flow_contexts)
+    saved = trained_model.flow_contexts, trained_model.decoding_scores, trained_model.config.exact_mean
+    try:
+        trained_model.config.exact_mean = "auto"
+        # the first context's real means lie 0.2 of the way from clipped to exact, the others' all the way
+        trained_model.decoding_scores = {
+            c: {"exact": 1.0, "clipped": 1.0, "lift_fit": 0.2 if c == contexts[0] else 1.0, "lift_squared": 1.0}
+            for c in contexts
+        }
+        assert all(trained_model.exact_mean_in(c) is True for c in contexts)  # contexts the flow was fitted in
+        trained_model.flow_contexts = []  # every context new to the flow
+        for c in contexts:
+            others = [o for o in contexts if o != c]
+            expected = sum(0.2 if o == contexts[0] else 1.0 for o in others) / len(others)
+            assert trained_model.exact_mean_in(c) == pytest.approx(expected)
+        pred = _without_correction(trained_model, controls)
+        recorded = pred.uns["perturbflow_prediction"]["exact_mean"]
+        assert recorded == {c: pytest.approx(trained_model.exact_mean_in(c)) for c in contexts}
+        first = (pred.obs["cell_type"] == contexts[1]).to_numpy()  # fitted on the others, the first among them
+        share = trained_model.exact_mean_in(contexts[1])
+        assert 0 < share < 1
+        fixed = _without_correction(trained_model, controls, exact_mean=share)
+        np.testing.assert_allclose(pred.layers["expected"][first], fixed.layers["expected"][first], rtol=1e-5, atol=1e-5)
+    finally:
+        trained_model.flow_contexts, trained_model.decoding_scores, trained_model.config.exact_mean = saved
+
+
+def test_exact_mean_auto_of_a_model_saved_before_the_fit_takes_the_better_decoding(trained_model, controls):
+    """Scores without the fit's sums (a model saved before session 16): a new context takes the
+    decoding that predicted the measured contexts better, averaged over them, as then."""
     contexts = sorted(trained_model.flow_contexts)
     assert len(contexts) >= 2, "the synthetic data has perturbed cells in its contexts"
     saved = trained_model.flow_contexts, trained_model.decoding_scores, trained_model.config.exact_mean

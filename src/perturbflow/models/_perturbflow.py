@@ -33,7 +33,9 @@ from perturbflow.models._transfer import ContextTransfer
 from perturbflow.nn import CountVAE
 from perturbflow.train import (
     DEFAULT_EVERY_N_STEPS,
+    LIFT_SQUARED,
     choose_decoding,
+    fitted_share,
     nearest_context,
 )
 
@@ -245,17 +247,21 @@ class PerturbFlow:
         return self.new_context_parts[near]
 
     def exact_mean_in(self, context: str) -> bool | float:
-        """Whether each predicted group's mean is kept exact in ``context`` (see
-        ``PerturbFlowConfig.exact_mean``). With ``"auto"``: yes in a context the flow was
-        fitted in; in a new one, the decoding that predicted the measured training contexts
-        better from the others (``decoding_scores``, averaged over them); yes without such
-        scores."""
+        """Whether each predicted group's mean is kept exact in ``context``, or the share of
+        clipping's lift put back (see ``PerturbFlowConfig.exact_mean``). With ``"auto"``: yes
+        in a context the flow was fitted in; in a new one, the share that predicted the
+        measured training contexts' real group means from the others
+        (:func:`~perturbflow.train.fitted_share` on ``decoding_scores``); yes without such
+        scores. A model saved before the fit's sums were recorded (before session 16) takes
+        the decoding with the better mean score, as it did then."""
         setting = self.config.exact_mean
         if setting != "auto":
             return setting if isinstance(setting, bool) else float(setting)
         measured = sorted(c for c in self.decoding_scores if c != context)
         if context in self.flow_contexts or not measured:
             return True
+        if all(LIFT_SQUARED in self.decoding_scores[c] for c in measured):
+            return fitted_share(self.decoding_scores, measured)
         return choose_decoding(self.decoding_scores, measured) == "exact"
 
     # ------------------------------------------------------------------ inputs

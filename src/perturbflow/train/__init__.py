@@ -18,6 +18,7 @@ from perturbflow.train._checkpoints import (
 from perturbflow.train._context_axes import context_axes
 from perturbflow.train._decoding_choice import (
     DECODINGS,
+    LIFT_SQUARED,
     choose_decoding,
     decoding_scores,
     fitted_share,
@@ -48,6 +49,7 @@ __all__ = [
     "CORRECTION_SCALES",
     "DECODINGS",
     "DEFAULT_EVERY_N_STEPS",
+    "LIFT_SQUARED",
     "MIN_GAIN",
     "NEW_CONTEXT_PARTS",
     "FlowTrainingPlan",

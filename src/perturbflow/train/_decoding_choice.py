@@ -1,24 +1,30 @@
-"""Whether to keep each predicted group's mean exact in a new context, chosen on every
+"""How much of each predicted group's mean to keep exact in a new context, fitted on every
 measured training context.
 
 A predicted cell is its source cell's log profile moved by its decoded change, clipped at 0.
-Keeping the group's mean where the moves add up to (``exact_mean``) helps where the
-transferred falls of genes carry over to the new context and costs where they are too large:
-over the Kang folds it helped the monocytes and cost some lymphocytes (benchmarks/RESULTS.md,
-"Session 11"). So every measured training context is predicted as a new context would be,
-from the other contexts alone (the prior's latent shift and gene-space residual, without
-the flow), decoded both ways, and each way is scored against its real perturbed cells as the
-protocol scores a prediction: the energy distance in principal components of the group's
-real cells. A new context then takes the way whose scores, averaged over the measured
-contexts with equal weights, are smaller.
+Clipping lifts the mean of a gene that falls; keeping the group's mean where the moves add
+up to (``exact_mean``) puts that lift back. That helps where the transferred falls of genes
+carry over to the new context and costs where they are too large: over the Kang folds it
+helped the monocytes and cost some lymphocytes (benchmarks/RESULTS.md, "Session 11"). So
+every measured training context is predicted as a new context would be, from the other
+contexts alone (the prior's latent shift and gene-space residual, without the flow),
+decoded both ways, and each way is scored against its real perturbed cells.
 
-Equal weights, not the context transfer's kernel weights: a measured context predicted from
-the others has lost its nearest neighbour when that neighbour is the new context itself (it
-holds no perturbed cells), so the contexts nearest a new one are scored on the farthest
-transfers, where clipping is safer, and they misjudged the new context's own, near transfer
-(benchmarks/RESULTS.md, "Session 13": over the 7 Kang folds of seed 0 the kernel-weighted
-choice was right on 4, the equal-weighted on 6; over session 13's 21 Kang fold-runs the
-equal-weighted one was right on 15, always wrong on NK).
+A new context puts back the share of the lift that best predicted the measured contexts'
+real group means (:func:`fitted_share`, a least-squares coefficient in ``[0, 1]``): which way
+is right differs from context to context and is not predictable from the others (over
+sessions 13-15's Kang runs a context preferred the same way as a training context and as the
+held-out one, whatever its neighbours did), so a choice of one way or the other was wrong on
+NK in every seed and flipped on CD14+Mono; the fitted share (0.40-0.49 there) hedges, and
+beat both ways and the choice on the energy distance (benchmarks/RESULTS.md, "Session 16").
+The energy distances in principal components of the group's real cells
+(:func:`choose_decoding`, sessions 13-15's rule) are kept in the scores for reports and for
+models saved before the share.
+
+Equal weights over the measured contexts, not the context transfer's kernel weights: a
+measured context predicted from the others has lost its nearest neighbour when that
+neighbour is the new context itself (it holds no perturbed cells), so the contexts nearest a
+new one are scored on the farthest transfers (benchmarks/RESULTS.md, "Session 13").
 """
 
 from __future__ import annotations
