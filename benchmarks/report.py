@@ -21,6 +21,7 @@ BASELINES = ["control", "train_mean", "context_mean", "mean_shift", "additive", 
 # rows of the per-fold tables: the model, its ablations, the baselines a user would compare with
 FOLD_MODELS = ["perturbflow", "perturbflow_X", "residual_whole", "prior_only", "flow_full", "flow_mean", "flow_only", "gene_space_prior",
                "prior_mean", "mean_clipped", "exact_mean", "exact_zeroing", "exact_thinning", "exact_shift",
+               "exact_half", "exact_fitted", "decoding_chosen",
                "latent_shift", "latent_shift_X", "decoded_control_X", "train_mean", "mean_shift", "additive", "additive_exact", "linear", "noise_ceiling"]
 RANKED = ["flow_full", "flow_mean", "perturbflow", "prior_only"]  # the rows of the backbone ranking
 TIMING = ["train_s", "predict_s", "cells_per_s", "backbone_params"]

@@ -123,17 +123,18 @@ class PerturbFlowConfig:
         Moved cells are clipped at 0, which lifts the mean of a gene that goes down (its
         zeros cannot fall); ``exact_mean_by`` says how it is put back, as the
         ``additive_exact`` baseline does in gene space. A number in ``[0, 1]`` puts back
-        that share of the lift. ``"auto"`` keeps it exact in the
-        contexts the flow was fitted in, and in a new context decides on the measured
-        training contexts: each is predicted from the others both ways and scored against
-        its real cells (``perturbflow.train.decoding_scores``), and the way with the smaller
-        mean score is taken. Over the folds of
-        benchmarks/RESULTS.md ("Session 11"), exact against clipped: Norman top-20 Pearson
-        0.912 -> 0.943, Kang mean energy excess 0.733 -> 0.642, McFaline level. On the 7
-        Kang folds ``"auto"`` chose right on 6 of 7 in each of seeds 0 and 1 (wrong on NK),
-        against always exact by zeroing and always clipped: 0.652 against 0.829 and 0.768
-        (seed 0, replayed), 0.619 against 0.691 and 0.732 (seed 1) ("Session 13"); on
-        Norman it is exact.
+        that share of the lift. ``"auto"`` keeps it exact in the contexts the flow was
+        fitted in; in a new context it puts back the share fitted on the measured training
+        contexts: each is predicted from the others both ways, and the share is the
+        least-squares coefficient of their real group means on the exact decoding's, both
+        less the clipped decoding's, in ``[0, 1]`` (``perturbflow.train.fitted_share``).
+        Which way is right differs between contexts and is not predictable from the others,
+        so choosing one (sessions 13-15) was wrong on NK in every seed; the share (0.37-0.52
+        on Kang, 0-0.03 on McFaline) hedges. Kang, every fold, seeds 0-2: mean energy
+        excess 0.497 against 0.700 with the choice, 0.708 always exact, 0.697 always clipped,
+        same top-20 Pearson (benchmarks/RESULTS.md, "Session 16"). Session 11's figures,
+        exact against clipped: Norman top-20 Pearson 0.912 -> 0.943 (a context the flow was
+        fitted in: exact there).
     exact_mean_by
         How the mean is kept exact: ``"zeroing"`` sets the lowest cells of a falling gene to 0,
         up to the level that puts the group's mean where its moves add up to (the other cells

@@ -15,7 +15,7 @@ real group means (:func:`fitted_share`, a least-squares coefficient in ``[0, 1]`
 is right differs from context to context and is not predictable from the others (over
 sessions 13-15's Kang runs a context preferred the same way as a training context and as the
 held-out one, whatever its neighbours did), so a choice of one way or the other was wrong on
-NK in every seed and flipped on CD14+Mono; the fitted share (0.40-0.49 there) hedges, and
+NK in every seed and flipped on CD14+Mono; the fitted share (0.37-0.52 there) hedges, and
 beat both ways and the choice on the energy distance (benchmarks/RESULTS.md, "Session 16").
 The energy distances in principal components of the group's real cells
 (:func:`choose_decoding`, sessions 13-15's rule) are kept in the scores for reports and for
