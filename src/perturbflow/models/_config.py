@@ -130,7 +130,7 @@ class PerturbFlowConfig:
         less the clipped decoding's, in ``[0, 1]`` (``perturbflow.train.fitted_share``).
         Which way is right differs between contexts and is not predictable from the others,
         so choosing one (sessions 13-15) was wrong on NK in every seed; the share (0.37-0.52
-        on Kang, 0-0.03 on McFaline) hedges. Kang, every fold, seeds 0-2: mean energy
+        on Kang, 0-0.23 on McFaline) hedges. Kang, every fold, seeds 0-2: mean energy
         excess 0.497 against 0.700 with the choice, 0.708 always exact, 0.697 always clipped,
         same top-20 Pearson (benchmarks/RESULTS.md, "Session 16"). Session 11's figures,
         exact against clipped: Norman top-20 Pearson 0.912 -> 0.943 (a context the flow was
