@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from perturbflow.cli import main
+from perturbflow.cli import exact_mean_words, main
 
 TRAIN = ["--perturbation-key", "perturbation", "--control", "control"]
 
@@ -157,3 +157,11 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+
+
+def test_predict_summary_says_how_group_means_were_kept():
+    """``perturbflow predict`` prints, per context, whether the group means were kept exact,
+    or the share of clipping's lift put back (``exact_mean="auto"`` in a new context)."""
+    assert exact_mean_words(True) == "yes"
+    assert exact_mean_words(False) == "no (clipped at 0)"
+    assert exact_mean_words(0.4321) == "0.43 of clipping's lift put back"
