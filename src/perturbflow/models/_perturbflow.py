@@ -33,10 +33,8 @@ from perturbflow.models._transfer import ContextTransfer
 from perturbflow.nn import CountVAE
 from perturbflow.train import (
     DEFAULT_EVERY_N_STEPS,
-    LIFT_SQUARED,
-    choose_decoding,
-    fitted_share,
     nearest_context,
+    new_context_exact_mean,
 )
 
 logger = logging.getLogger(__name__)
@@ -260,9 +258,7 @@ class PerturbFlow:
         measured = sorted(c for c in self.decoding_scores if c != context)
         if context in self.flow_contexts or not measured:
             return True
-        if all(LIFT_SQUARED in self.decoding_scores[c] for c in measured):
-            return fitted_share(self.decoding_scores, measured)
-        return choose_decoding(self.decoding_scores, measured) == "exact"
+        return new_context_exact_mean(self.decoding_scores, measured)
 
     # ------------------------------------------------------------------ inputs
     def _check_trained(self) -> None:

@@ -18,10 +18,10 @@ from perturbflow.train._checkpoints import (
 from perturbflow.train._context_axes import context_axes
 from perturbflow.train._decoding_choice import (
     DECODINGS,
-    LIFT_SQUARED,
     choose_decoding,
     decoding_scores,
     fitted_share,
+    new_context_exact_mean,
 )
 from perturbflow.train._fit_flow import build_flow, fit_flow
 from perturbflow.train._fit_vae import fit_vae
@@ -49,7 +49,6 @@ __all__ = [
     "CORRECTION_SCALES",
     "DECODINGS",
     "DEFAULT_EVERY_N_STEPS",
-    "LIFT_SQUARED",
     "MIN_GAIN",
     "NEW_CONTEXT_PARTS",
     "FlowTrainingPlan",
@@ -77,6 +76,7 @@ __all__ = [
     "is_main_process",
     "is_unfinished_run",
     "nearest_context",
+    "new_context_exact_mean",
     "new_context_scores",
     "open_run",
     "reflow",

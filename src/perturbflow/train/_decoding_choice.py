@@ -111,3 +111,13 @@ def fitted_share(scores: dict[str, dict[str, float]], contexts: Sequence[str]) -
     if squared <= 0:
         return 1.0
     return float(np.clip(sum(s[LIFT_FIT] for s in used) / squared, 0.0, 1.0))
+
+
+def new_context_exact_mean(scores: dict[str, dict[str, float]], contexts: Sequence[str]) -> bool | float:
+    """What a new context's groups put back of clipping's lift, from the ``scores`` of the
+    measured ``contexts``: the :func:`fitted_share` where every one of them recorded the fit's
+    sums; otherwise (scores saved before session 16) whether :func:`choose_decoding` takes
+    the exact decoding, as models of sessions 13-15 did."""
+    if all(LIFT_SQUARED in scores[c] for c in contexts if c in scores):
+        return fitted_share(scores, contexts)
+    return choose_decoding(scores, contexts) == "exact"
