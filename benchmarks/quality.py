@@ -15,18 +15,19 @@ Each (fold, seed) trains the default model once and scores, on the same held-out
 - ablations of the same trained model: ``prior_only`` (the flow's correction off, the prior's
   latent shift decoded per cell), ``flow_full`` (the whole correction in every context) and
   ``flow_mean`` / ``flow_shape`` (in a context new to the flow, only the mean of its
-  correction, or only its shape: ``new_context_flow``), ``gene_space_prior`` (the gene-space
-  transfer of the mean change added to every cell, the decode of sessions 1-4),
-  ``prior_mean`` (``gene_offset="prior_mean"``: each group's mean change from the gene-space
-  transfer, each cell's deviation from it decoded), ``exact_zeroing`` / ``exact_thinning`` /
-  ``exact_shift`` (``exact_mean=True`` in every context: each group's mean kept where its
-  cells' moves add up to, by each ``exact_mean_by``; the shift was session 11's default) and
-  ``mean_clipped`` (``exact_mean=False``: cells moved below 0 clipped without restoring the
-  group's mean; sessions 1-10), ``exact_half`` (half of clipping's lift put back),
-  ``decoding_chosen`` (in a new context exact or clipped, whichever scored better on the
-  measured contexts: sessions 13-15's ``exact_mean="auto"``), ``residual_whole`` (each group's gene-space residual lent to
-  other contexts whole: ``residual_shrinkage=False``, sessions 1-14);
+  correction, or only its shape: ``new_context_flow``); the decoding's bounds
+  ``exact_zeroing`` (``exact_mean=True`` everywhere: each group's mean kept where its cells'
+  moves add up to) and ``mean_clipped`` (``exact_mean=False``: cells moved below 0 clipped
+  without restoring the group's mean), and ``decoding_chosen`` (in a new context exact or
+  clipped, whichever scored better on the measured contexts: sessions 13-15's default);
   with ``--ablation`` also ``flow_only`` (a model trained without the baseline prior);
+  with ``--history`` also earlier sessions' defaults: ``gene_space_prior`` (the gene-space
+  transfer of the mean change added to every cell, sessions 1-4), ``prior_mean`` (each
+  group's mean change from the gene-space transfer, each cell's deviation from it decoded),
+  ``exact_thinning`` / ``exact_shift`` (the exact mean by the other ``exact_mean_by``; the
+  shift was session 11's default), ``exact_half`` (half of clipping's lift put back) and
+  ``residual_whole`` (each group's gene-space residual lent to other contexts whole,
+  sessions 1-14);
 - ``latent_shift``: scGen's latent arithmetic with the model's own VAE (the decoder's means;
   ``latent_shift_X``: counts sampled from the decoder, as scGen-style models give them;
   ``decoded_control_X``: counts sampled from the decoder at each source cell's own latent,
@@ -99,7 +100,33 @@ def unshifted_samples(model, controls, pred, seed: int):
     return out
 
 
-def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = False) -> tuple[pd.DataFrame, dict]:
+def earlier_defaults(model, controls, task, seed: int, config: dict) -> list[pd.DataFrame]:
+    """The rows of earlier sessions' defaults and decodings, scored with ``--history``
+    (each one more prediction of the same trained model)."""
+    def scored(name):
+        return score(model.predict(controls, task.perturbations, seed=seed), task, seed, name)
+
+    tables = []
+    model.config.gene_offset = "baseline"  # sessions 1-4: the gene-space transfer added to every cell
+    tables.append(scored("gene_space_prior"))
+    model.config.gene_offset = "prior_mean"  # the group's mean change from gene space, each cell's deviation decoded
+    tables.append(scored("prior_mean"))
+    model.config.gene_offset = config.get("gene_offset", "residual")
+    chosen, by = model.config.exact_mean, model.config.exact_mean_by
+    for forced, how, name in ((True, "thinning", "exact_thinning"), (True, "shift", "exact_shift"),
+                              (0.5, by, "exact_half")):
+        model.config.exact_mean, model.config.exact_mean_by = forced, how
+        tables.append(scored(name))
+    model.config.exact_mean, model.config.exact_mean_by = chosen, by
+    shrunk = model.residual_prior  # the residuals carried to other contexts whole, as before session 15
+    model.residual_prior = BaselinePrior(shrunk.shifts, shrunk.sizes, shrunk.transfer, carried_scale=1.0)
+    tables.append(scored("residual_whole"))
+    model.residual_prior = shrunk
+    return tables
+
+
+def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = False,
+             history: bool = False) -> tuple[pd.DataFrame, dict]:
     adata = task.adata
     task.setup_model()
     start = time.perf_counter()
@@ -122,26 +149,17 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
         model.config.new_context_flow = part
         tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, f"flow_{part}"))
     model.config.new_context_flow = config.get("new_context_flow", "auto")
-    model.config.gene_offset = "baseline"  # sessions 1-4: the gene-space transfer added to every cell
-    tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, "gene_space_prior"))
-    model.config.gene_offset = "prior_mean"  # the group's mean change from gene space, each cell's deviation decoded
-    tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, "prior_mean"))
-    model.config.gene_offset = config.get("gene_offset", "residual")
-    chosen, by = model.config.exact_mean, model.config.exact_mean_by
-    for forced, how, name in ((True, "zeroing", "exact_zeroing"), (True, "thinning", "exact_thinning"),
-                              (True, "shift", "exact_shift"), (False, by, "mean_clipped")):  # each decoding, everywhere
-        model.config.exact_mean, model.config.exact_mean_by = forced, how
+    chosen = model.config.exact_mean
+    for forced, name in ((True, "exact_zeroing"), (False, "mean_clipped")):  # each decoding, everywhere
+        model.config.exact_mean = forced
         tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, name))
     measured = [c for c in model.decoding_scores if c not in held_out_contexts]
-    chosen_way = choose_decoding(model.decoding_scores, measured) == "exact"  # sessions 13-15's rule
-    for share, name in ((0.5, "exact_half"), (chosen_way, "decoding_chosen")):
-        model.config.exact_mean = share
-        tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, name))
-    model.config.exact_mean, model.config.exact_mean_by = chosen, by
-    shrunk = model.residual_prior  # the residuals carried to other contexts whole, as before session 15
-    model.residual_prior = BaselinePrior(shrunk.shifts, shrunk.sizes, shrunk.transfer, carried_scale=1.0)
-    tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, "residual_whole"))
-    model.residual_prior = shrunk
+    model.config.exact_mean = choose_decoding(model.decoding_scores, measured) == "exact"  # sessions 13-15's rule
+    tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, "decoding_chosen"))
+    model.config.exact_mean = chosen
+    shrunk = model.residual_prior
+    if history:
+        tables += earlier_defaults(model, controls, task, seed, config)
     scgen = model.predict(controls, task.perturbations, seed=seed, method="latent_shift")
     tables += [score(scgen, task, seed, "latent_shift"), score(scgen, task, seed, "latent_shift_X", pred_layer=None),
                score(unshifted_samples(model, controls, scgen, seed), task, seed, "decoded_control_X", pred_layer=None)]
@@ -168,12 +186,13 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
     }
 
 
-def run_unit(unit: tuple, data_dir: Path, config: dict, ablation: bool, threads: int) -> pd.DataFrame:
+def run_unit(unit: tuple, data_dir: Path, config: dict, ablation: bool, threads: int,
+             history: bool = False) -> pd.DataFrame:
     """Train and score one (dataset, fold, backbone, seed): the rows of its summary table."""
     name, fold, backbone, seed = unit
     torch.set_num_threads(threads)
     task = fold_task(name, fold, data_dir)
-    table, timing = run_task(task, backbone, seed, config, ablation)
+    table, timing = run_task(task, backbone, seed, config, ablation, history)
     summary = summarize(table).reset_index()
     for col, value in (("seed", seed), ("backbone", backbone), ("task", task.name), ("dataset", name)):
         summary.insert(0, col, value)
@@ -196,6 +215,8 @@ def main(argv=None, tasks=tuple(FOLDS), backbones=("mlp",), out_name="quality.cs
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true", help="seed 0 and the first fold of each dataset")
     parser.add_argument("--ablation", action="store_true", help="also train a model without the baseline prior")
+    parser.add_argument("--history", action="store_true",
+                        help="also score earlier sessions' defaults and decodings (more predictions per run)")
     parser.add_argument("--backbones", nargs="+", default=list(backbones))
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--out", type=Path, default=None)
@@ -213,7 +234,8 @@ def main(argv=None, tasks=tuple(FOLDS), backbones=("mlp",), out_name="quality.cs
             folds = FOLDS[name][:1] if args.quick else [f for f in FOLDS[name] if not args.folds or f in args.folds]
             units += [(name, fold, backbone, seed) for fold in folds for backbone in args.backbones]
     threads = max(1, args.threads // args.jobs)
-    run = partial(run_unit, data_dir=args.data_dir, config=config, ablation=args.ablation, threads=threads)
+    run = partial(run_unit, data_dir=args.data_dir, config=config, ablation=args.ablation, threads=threads,
+                  history=args.history)
 
     rows = []
     start = time.perf_counter()
