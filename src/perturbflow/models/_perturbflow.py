@@ -168,7 +168,11 @@ class PerturbFlow:
         batch_size
             Cells per minibatch of the VAE.
         seed
-            Random seed of both stages.
+            Random seed of both stages. A run is repeated exactly on the same machine with the
+            same number of torch threads (``torch.set_num_threads``); with another number the
+            floating-point sums, and so the trained model, differ slightly (on McFaline a
+            seed's figures moved within the spread over seeds: benchmarks/RESULTS.md,
+            "Session 17").
         progress_bar
             Show a progress bar per stage, with the time left.
         checkpoint_dir
