@@ -15,17 +15,16 @@ latent end points that no model can know, the held-out perturbed cells' own late
   as the control cells): the end point a perfect flow would reach;
 - ``oracle_shape``: the prior's mean move, and each cell's move around it from ``oracle_ot``
   (the part a flow's shape could add where the prior sets the mean);
-
 - ``oracle_ot_direct_X``: counts sampled from the decoder at ``oracle_ot``'s end points
   (``decode="direct"``, as scGen-style models decode), which shows whether the latent itself
   holds the held-out distribution;
 
 beside ``prior_only`` (the default's latent move, no flow) and the default itself. The
-other rows are decoded as the default decodes (each cell's own counts moved by its decoded change,
-the residual in gene space, the fitted share of clipping's lift) and scored like
-``quality.py``. If ``oracle_ot`` is no better than ``oracle_mean`` on the energy distance,
-how cells move around the mean in this latent does not reach the decoded prediction, and no
-flow's shape can add to it.
+other rows are decoded as the default decodes (each cell's own counts moved by its decoded
+change, the residual in gene space, the fitted share of clipping's lift) and scored like
+``quality.py``. Where ``oracle_ot`` is no better than ``oracle_mean`` on the energy
+distance, how cells move around the mean in this latent does not reach the decoded
+prediction, and no flow's shape can add to it (benchmarks/RESULTS.md, "Session 17").
 """
 
 from __future__ import annotations
