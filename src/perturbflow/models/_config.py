@@ -29,7 +29,8 @@ class PerturbFlowConfig:
         Gradient steps of the VAE when ``max_epochs`` is not given (see ``default_vae_epochs``).
         Half of them (with half the flow's epochs) halves the training on wide data (Kang,
         6,998 genes: 213 s against 410 s on one thread) but costs quality there (mean energy
-        excess over the Kang folds 0.599 against 0.483; benchmarks/RESULTS.md, "Session 17").
+        excess over the Kang folds, seed 0: 0.599 against 0.483; benchmarks/RESULTS.md,
+        "Session 17").
     n_embed
         Size of the perturbation and context embeddings.
     atom_pooling
