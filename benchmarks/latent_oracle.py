@@ -43,7 +43,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts
-from quality import forced_correction, score
+from quality import forced_correction, score, scored_prediction
 from tasks import DEFAULT_DATA_DIR, FOLDS, fold_task, parse_config, save_results
 
 import perturbflow as pf
@@ -97,12 +97,9 @@ def run_fold(dataset: str, fold: str, seed: int, data_dir: Path, config: dict) -
     true_shift = {ids: z.mean(0) - z_ctrl.mean(0) for ids, z in z_held.items()}
     rng = np.random.default_rng(seed)
 
-    def predicted():
-        return model.predict(controls, task.perturbations, seed=seed)
-
-    tables = [score(predicted(), task, seed, "perturbflow")]
+    tables = [scored_prediction(model, controls, task, seed, "perturbflow")]
     with forced_correction(model, 0.0):
-        tables.append(score(predicted(), task, seed, "prior_only"))
+        tables.append(scored_prediction(model, controls, task, seed, "prior_only"))
 
     def shape_around_prior(z0, prior, ids):
         move = matched_targets(z0, z_held[ids], rng) - z0
@@ -116,11 +113,12 @@ def run_fold(dataset: str, fold: str, seed: int, data_dir: Path, config: dict) -
     with forced_correction(model, 1.0):
         for name, end_of in ends.items():
             with latent_ends(end_of):
-                tables.append(score(predicted(), task, seed, name))
-        model.config.decode = "direct"  # counts sampled from the decoder at the end points
+                tables.append(scored_prediction(model, controls, task, seed, name))
+        decode, model.config.decode = model.config.decode, "direct"  # counts sampled from the decoder
         with latent_ends(ends["oracle_ot"]):
-            tables.append(score(predicted(), task, seed, "oracle_ot_direct_X", pred_layer=None))
-        model.config.decode = config.get("decode", "delta")
+            direct = model.predict(controls, task.perturbations, seed=seed)
+        tables.append(score(direct, task, seed, "oracle_ot_direct_X", pred_layer=None))
+        model.config.decode = decode
     summary = summarize(pd.concat(tables, ignore_index=True)).reset_index()
     for col, value in (("seed", seed), ("task", task.name), ("dataset", dataset)):
         summary.insert(0, col, value)

@@ -87,6 +87,11 @@ def score(pred, task, seed: int, name: str, pred_layer="expected") -> pd.DataFra
                           noise_ceiling=False, seed=seed, copy=True).assign(model=name)
 
 
+def scored_prediction(model, controls, task, seed: int, name: str) -> pd.DataFrame:
+    """``model``'s prediction for ``controls`` as it is configured now, scored as ``name``."""
+    return score(model.predict(controls, task.perturbations, seed=seed), task, seed, name)
+
+
 def unshifted_samples(model, controls, pred, seed: int):
     """``pred`` with its counts sampled from the decoder at each source cell's own latent, not
     moved at all: what decoder-sampled counts score against the real control cells with no
@@ -104,7 +109,7 @@ def earlier_defaults(model, controls, task, seed: int, config: dict) -> list[pd.
     """The rows of earlier sessions' defaults and decodings, scored with ``--history``
     (each one more prediction of the same trained model)."""
     def scored(name):
-        return score(model.predict(controls, task.perturbations, seed=seed), task, seed, name)
+        return scored_prediction(model, controls, task, seed, name)
 
     tables = []
     model.config.gene_offset = "baseline"  # sessions 1-4: the gene-space transfer added to every cell
@@ -144,20 +149,19 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
     ]
     for name, scale in (("prior_only", 0.0), ("flow_full", 1.0)):
         with forced_correction(model, scale):
-            tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, name))
+            tables.append(scored_prediction(model, controls, task, seed, name))
     for part in ("mean", "shape"):  # in a context new to the flow, one part of its correction
         model.config.new_context_flow = part
-        tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, f"flow_{part}"))
+        tables.append(scored_prediction(model, controls, task, seed, f"flow_{part}"))
     model.config.new_context_flow = config.get("new_context_flow", "auto")
     chosen = model.config.exact_mean
     for forced, name in ((True, "exact_zeroing"), (False, "mean_clipped")):  # each decoding, everywhere
         model.config.exact_mean = forced
-        tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, name))
+        tables.append(scored_prediction(model, controls, task, seed, name))
     measured = [c for c in model.decoding_scores if c not in held_out_contexts]
     model.config.exact_mean = choose_decoding(model.decoding_scores, measured) == "exact"  # sessions 13-15's rule
-    tables.append(score(model.predict(controls, task.perturbations, seed=seed), task, seed, "decoding_chosen"))
+    tables.append(scored_prediction(model, controls, task, seed, "decoding_chosen"))
     model.config.exact_mean = chosen
-    shrunk = model.residual_prior
     if history:
         tables += earlier_defaults(model, controls, task, seed, config)
     scgen = model.predict(controls, task.perturbations, seed=seed, method="latent_shift")
@@ -181,7 +185,7 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
                                                for c in held_out_contexts})),
         "decoding_scores": json.dumps(model.decoding_scores),  # per measured context, each predicted from the others
         "exact_fitted_share": fitted_share(model.decoding_scores, measured),  # the share put back in a new context
-        "residual_carried": shrunk.carried_scale,  # the share of the residual carried between contexts
+        "residual_carried": model.residual_prior.carried_scale,  # the share of the residual carried between contexts
         "transfer_bandwidth": transfer.bandwidth, "transfer_specificity": transfer.specificity,
     }
 
