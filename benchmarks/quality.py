@@ -4,7 +4,8 @@ Usage (from the repository root, with ../shared/data beside it)::
 
     python benchmarks/quality.py            # the full protocol: every fold of Kang (7 cell types)
                                             # and McFaline (3 lines), the Norman combinations,
-                                            # seeds 0-2; writes benchmarks/results/quality.csv
+                                            # Norman's 3 replicates (a new replicate of the same
+                                            # screen), seeds 0-2; writes benchmarks/results/quality.csv
     python benchmarks/quality.py --quick    # seed 0, one fold per dataset (screening ideas)
     python benchmarks/quality.py --tasks kang --folds B NK --seeds 0 --out /tmp/q.csv
 

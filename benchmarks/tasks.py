@@ -13,6 +13,8 @@ import numpy as np
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NORMAN_HELDOUT = ["KLF1+MAP2K6", "KLF1+TGFBR2", "MAP2K3+SLC38A2", "MAP2K3+MAP2K6", "MAPK1+TGFBR2"]
+# Norman's eight 10x lanes (the barcodes' suffix) grouped into three replicates of the screen
+NORMAN_REPLICATES = {"rep1": ("1", "2", "3"), "rep2": ("4", "5", "6"), "rep3": ("7", "8")}
 
 
 @dataclass
@@ -63,16 +65,34 @@ def norman_combinations(data_dir: Path = DEFAULT_DATA_DIR) -> Task:
     )
 
 
+def norman_new_replicate(data_dir: Path = DEFAULT_DATA_DIR, held: str = "rep1") -> Task:
+    """Every perturbation measured in a replicate the model has seen only the control cells of.
+
+    The kind of task where the same screen is run again (a new replicate, donor or batch): the
+    effects are those of the other replicates, up to the batch. Norman's lanes stand in for
+    replicates (``NORMAN_REPLICATES``: about 35 cells per perturbation and replicate)."""
+    adata = ad.read_h5ad(data_dir / "perturbench_devel_norman2019_mcfaline2023.h5ad")
+    adata = _exact(adata[adata.obs["dataset"] == "norman19"])
+    replicate_of = {lane: rep for rep, lanes in NORMAN_REPLICATES.items() for lane in lanes}
+    adata.obs["replicate"] = [replicate_of[name.rsplit("-", 1)[-1]] for name in adata.obs_names]
+    return _context_held_out(adata, "replicate", held, f"norman_{held}", "Norman 2019 K562 CRISPRa")
+
+
 def mcfaline_new_cell_line(data_dir: Path = DEFAULT_DATA_DIR, held: str = "U87MG") -> Task:
     adata = ad.read_h5ad(data_dir / "perturbench_devel_norman2019_mcfaline2023.h5ad")
     adata = _exact(adata[adata.obs["dataset"] == "mcfaline23"])
-    held_out = (adata.obs["cell_type"] == held) & (adata.obs["perturbation"] != "control")
+    return _context_held_out(adata, "cell_type", held, f"mcfaline_{held}", "McFaline-Figueroa CRISPRi")
+
+
+def _context_held_out(adata: ad.AnnData, key: str, held: str, name: str, study: str) -> Task:
+    """Every perturbed cell of context ``held`` (column ``key``) held out; its control cells
+    are the ones moved."""
+    held_out = (adata.obs[key] == held) & (adata.obs["perturbation"] != "control")
     adata.obs["split"] = np.where(held_out, "test", "train")
     perts = sorted(adata.obs.loc[held_out, "perturbation"].astype(str).unique())
     return Task(
-        f"mcfaline_{held}",
-        f"McFaline-Figueroa CRISPRi: every perturbed {held} cell held out (context cell_type)",
-        adata, "perturbation", "control", ["cell_type"], perts, [held], "mean_shift",
+        name, f"{study}: every perturbed cell of {key} {held} held out (context {key})",
+        adata, "perturbation", "control", [key], perts, [held], "mean_shift",
     )
 
 
@@ -89,6 +109,7 @@ def kang_new_cell_type(data_dir: Path = DEFAULT_DATA_DIR, held: str = "CD14+Mono
 
 TASKS = {
     "norman": norman_combinations,
+    "norman_replicates": norman_new_replicate,
     "mcfaline": mcfaline_new_cell_line,
     "kang": kang_new_cell_type,
 }
@@ -96,6 +117,7 @@ TASKS = {
 # every fold each dataset allows (leave one context out); the first is the one --quick runs
 FOLDS = {
     "norman": [None],
+    "norman_replicates": list(NORMAN_REPLICATES),
     "mcfaline": ["U87MG", "A172", "T98G"],
     "kang": ["CD14+Mono", "CD4T", "FCGR3A+Mono", "B", "NK", "CD8T", "Dendritic"],
 }

@@ -162,3 +162,36 @@ def test_bandwidth_chosen_near_each_context_survives_save_and_load(tmp_path):
     for h, errors in chosen.local_errors.items():
         assert loaded.transfer.local_errors[h] == pytest.approx(errors)
     assert np.allclose(loaded.prior(P, "new", control_mean=means["c4"] + 0.01), new)
+
+
+def test_the_noise_of_a_contexts_control_mean_does_not_shrink_an_effect():
+    # every shift of a context is its group mean less the context's control mean: the control
+    # mean's noise is in all of them alike and cancels against the context's pooled effect
+    shifts, noise, _, _ = _screen(strong=0.3, noise_sd=0.3, seed=5)
+    rng = np.random.default_rng(1)
+    offset = {c: 2.0 * rng.normal(size=200) for c in ("a", "b")}
+    shared_noise = {k: v - offset[k[1]] for k, v in shifts.items()}
+    w = np.array([0.5, 0.5])
+    plain = ContextTransfer(effects=shifts, noise=noise).shrinkage(P, ["a", "b"], w, ["a", "b"], w)
+    noisy = ContextTransfer(effects=shared_noise, noise=noise).shrinkage(P, ["a", "b"], w, ["a", "b"], w)
+    assert 0.2 < plain < 0.99 and noisy == pytest.approx(plain, abs=1e-9)
+
+
+def test_the_latent_prior_judges_a_perturbation_where_it_is_moved():
+    # in genes, P's effect is thin over 200 genes under noise (shrunk to the pooled effect);
+    # in the latent it stands out of its noise in one dimension and is kept
+    shifts, noise, _, _ = _screen(strong=0.05, noise_sd=0.5)
+    genes = ContextTransfer(bandwidth=0.25, effects=shifts, noise=noise)
+    rng = np.random.default_rng(2)
+    latent = {k: (np.eye(4)[0] * 3.0 if k[0] == P else np.zeros(4)) + 0.1 * rng.normal(size=4) for k in shifts}
+    in_latent = genes.in_space(latent, {k: 0.01 for k in latent})
+    w = np.array([0.5, 0.5])
+    assert genes.shrinkage(P, ["a", "b"], w, ["a", "b"], w) < 0.5
+    assert in_latent.shrinkage(P, ["a", "b"], w, ["a", "b"], w) > 0.95
+    assert in_latent.bandwidth == genes.bandwidth and genes.effects is shifts  # the kernel kept, genes untouched
+
+
+def test_a_trained_model_shrinks_its_latent_prior_in_the_latent(trained_model):
+    n_latent = trained_model.config.n_latent
+    assert {len(v) for v in trained_model.prior.transfer.effects.values()} == {n_latent}
+    assert {len(v) for v in trained_model.gene_prior.transfer.effects.values()} == {len(trained_model.genes)}

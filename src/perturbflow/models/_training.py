@@ -143,7 +143,9 @@ def train_model(
     model.gene_prior = BaselinePrior(gene_shifts, sizes, transfer)
     latent_controls = {c: z_all[r].mean(0) for c, r in control_rows.items()}
     latent_shifts = {k: z_all[v].mean(0) - latent_controls[k[1]] for k, v in train_cells.items()}
-    model.prior = BaselinePrior(latent_shifts, sizes, transfer)
+    latent_noise = {k: float(z_all[v].var(0).mean() / max(len(v) - 1, 1)) for k, v in train_cells.items()}
+    # shrunk per perturbation by how it stands out of the noise in the latent, where it is moved
+    model.prior = BaselinePrior(latent_shifts, sizes, transfer.in_space(latent_shifts, latent_noise))
     # what of each measured change the latent does not carry, moved between groups like
     # the shifts themselves and added back in gene space at prediction
     decoded = decoded_shifts(model.vae, z_all, library, latent_shifts, control_rows, seed)

@@ -16,11 +16,18 @@ effect does not carry over.
 The specificity ``a`` is set **per perturbation** by empirical Bayes (James-Stein over the
 genes, positive part): ``a = 1 - V / S``, clipped to ``[0, 1]``, with ``S`` the mean squared
 distance of the perturbation's weighted effect from the pooled effect and ``V`` its expected
-squared error as a prediction of a new context's effect: the sampling noise of the group
-means (the cells' variance over their number, for the perturbed and the control cells)
-plus the variance of the effect between contexts beyond that noise. A strong effect that is
-the same in every context keeps ``a`` near 1 (the plain mean shift of that perturbation);
-a weak or inconsistent one shrinks towards the pooled effect (Efron & Morris 1973). The
+squared error as a prediction of a new context's effect: the sampling noise of the perturbed
+cells' mean (their variance over their number) plus the variance between contexts of the
+effect beyond the pooled one, less that noise. The noise of the control cells' mean is not
+in ``V``: every shift of a context shares it, so it cancels in the distance from that
+context's pooled effect. (Counting it, as sessions 5-17 did, shrank a new replicate's
+knock-outs to the pooled effect where the control cells were as few as a group's:
+benchmarks/RESULTS.md, "Session 18".) A strong effect that is the same in every context
+keeps ``a`` near 1 (the plain mean shift of that perturbation); a weak or inconsistent one
+shrinks towards the pooled effect (Efron & Morris 1973). Each prior judges ``a`` in the
+space it moves: the latent prior on the latent shifts and the sampling noise of the latent
+means (:meth:`ContextTransfer.in_space`), where an effect spread thinly over many genes (a
+knock-out's programme) stands out of its noise more clearly than gene by gene. The
 relative bandwidth ``h`` is **chosen from the training data** by leave-one-context-out
 cross-validation (the squared error of every training group predicted from the other
 contexts), so no constant is tuned per dataset; ties go to ``h = inf`` (equal weights).
@@ -39,7 +46,7 @@ narrower one (benchmarks/RESULTS.md, "Session 10").
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -64,10 +71,12 @@ class ContextTransfer:
         Weight ``a`` of the perturbation's own effect against the pooled effect; ``nan`` (the
         default) sets it per perturbation by empirical Bayes from ``effects`` and ``noise``.
     effects
-        ``{(atoms, context): mean log-normalised shift}``, the gene-space effects that judge
-        how consistent a perturbation is (whatever space is being transferred).
+        ``{(atoms, context): mean shift}``, the effects that judge how consistent a
+        perturbation is: log-normalised expression, or the latent for the latent prior
+        (:meth:`in_space`).
     noise
-        ``{(atoms, context): sampling variance of that shift, averaged over genes}``.
+        ``{(atoms, context): sampling variance of the group's mean, averaged over genes}``
+        (or latent dimensions).
     local_errors
         ``{bandwidth: {training context: its leave-one-context-out error in its cells'
         principal axes}}``, from :meth:`select`; when given, each context's bandwidth is
@@ -93,6 +102,12 @@ class ContextTransfer:
         scores = {h: float(w @ np.array([errors[c] for c in measured])) for h, errors in self.local_errors.items()}
         return min(scores, key=lambda h: round(scores[h], 12))
 
+    def in_space(self, effects: dict[GroupKey, np.ndarray], noise: dict[GroupKey, float]) -> ContextTransfer:
+        """The same kernel (bandwidths, control means) with the per-perturbation shrinkage
+        judged on ``effects`` and ``noise`` of another space: the latent prior's on the latent
+        shifts, where an effect spread thinly over many genes stands out of the noise."""
+        return replace(self, effects=dict(effects), noise=dict(noise))
+
     def shrinkage(self, atoms: frozenset, seen: list[str], w_seen: np.ndarray, others: list[str],
                   w_others: np.ndarray) -> float:
         """The specificity ``a`` of ``atoms`` seen in contexts ``seen`` with weights ``w_seen``.
@@ -115,9 +130,12 @@ class ContextTransfer:
             return 1.0
         specific = w_seen @ own  # (G,)
         shared = w_others @ np.stack([pooled[c] for c in others])  # (G,)
-        between = 0.0  # variance of the effect between contexts, beyond sampling noise
+        # the effect beyond the pooled one in each context: the noise of the context's control
+        # mean, in every shift of the context alike, cancels there
+        beyond = own - np.stack([pooled[c] for c in seen])
+        between = 0.0  # variance of that effect between contexts, beyond sampling noise
         if len(keys) > 1:
-            between = max(0.0, float(np.mean(np.var(own, axis=0, ddof=1))) - float(noise.mean()))
+            between = max(0.0, float(np.mean(np.var(beyond, axis=0, ddof=1))) - float(noise.mean()))
         expected_error = between + float(np.sum(w_seen**2 * (noise + between)))
         spread = float(np.mean((specific - shared) ** 2))
         if spread <= 0:

@@ -41,7 +41,8 @@ def gene_space_shifts(
 ) -> tuple[dict[GroupKey, np.ndarray], dict[str, np.ndarray], dict[GroupKey, float]]:
     """Each group's mean log-normalised shift from its context's control cells, the mean
     log-normalised expression of each context's control cells, and the sampling variance of
-    each shift averaged over genes (``var(group) / n + var(controls) / n_controls``)."""
+    each group's mean averaged over genes (``var(group) / n``; the control mean's variance is
+    left out, as every shift of the context shares it)."""
     return _shifts_over_blocks(row_blocks(logx), logx.shape[0], cells, control_mask, contexts)
 
 
@@ -74,20 +75,20 @@ def _shifts_over_blocks(blocks, n_obs: int, cells, control_mask, contexts):
         codes[cells[k]] = i
     ctx_names = sorted(set(contexts[control_mask]))
     ctrl_codes = np.where(control_mask, np.searchsorted(ctx_names, contexts), -1)
-    moments = [GroupMeans(c, n) for c, n in ((codes, len(keys)), (ctrl_codes, len(ctx_names))) for _ in range(2)]
+    moments = [GroupMeans(codes, len(keys)), GroupMeans(codes, len(keys)), GroupMeans(ctrl_codes, len(ctx_names))]
     for rows, logx in blocks:
         squares = logx.multiply(logx) if sp.issparse(logx) else np.square(logx)
-        for acc, block in zip(moments, (logx, squares, logx, squares)):
+        for acc, block in zip(moments, (logx, squares, logx)):
             acc.add(block, rows)
-    means, sq, ctrl, ctrl_sq = (acc.result() for acc in moments)
+    means, sq, ctrl = (acc.result() for acc in moments)
     n = np.bincount(codes[codes >= 0], minlength=len(keys))
-    n_ctrl = np.bincount(ctrl_codes[ctrl_codes >= 0], minlength=len(ctx_names))
-    ctrl_noise = np.maximum(ctrl_sq - ctrl**2, 0).mean(1) / np.maximum(n_ctrl - 1, 1)  # (C,)
     shifts, noise = {}, {}
     for i, k in enumerate(keys):
         j = ctx_names.index(k[1])
         shifts[k] = means[i] - ctrl[j]
-        noise[k] = float(np.maximum(sq[i] - means[i] ** 2, 0).mean() / max(n[i] - 1, 1) + ctrl_noise[j])
+        # the sampling variance of the perturbed cells' mean (the control mean's is shared by
+        # every shift of the context: see perturbflow.models._transfer)
+        noise[k] = float(np.maximum(sq[i] - means[i] ** 2, 0).mean() / max(n[i] - 1, 1))
     return shifts, dict(zip(ctx_names, ctrl)), noise
 
 
