@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from perturbflow.cli import exact_mean_words, main
+from perturbflow.cli import exact_mean_words, main, specificity_words
 
 TRAIN = ["--perturbation-key", "perturbation", "--control", "control"]
 
@@ -165,3 +165,10 @@ def test_predict_summary_says_how_group_means_were_kept():
     assert exact_mean_words(True) == "yes"
     assert exact_mean_words(False) == "no (clipped at 0)"
     assert exact_mean_words(0.4321) == "0.43 of clipping's lift put back"
+
+
+def test_specificity_words_name_the_most_shrunk_perturbations():
+    words = specificity_words("rep1", {"KLF1": 0.9, "MAP4K3": 0.0, "SGK1": 0.25})
+    assert words == ("own effect kept in rep1 (carried from other contexts): mean 0.38 over 3; "
+                     "under half for 2: MAP4K3 0.00, SGK1 0.25")
+    assert specificity_words("A172", {"TGFBR2": 1.0}).endswith("mean 1.00 over 1")

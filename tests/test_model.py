@@ -25,6 +25,15 @@ def test_predict_output_contract(trained_model, controls, synthetic_adata):
     assert pred.obsm["X_perturbflow"].shape == (pred.n_obs, 8)
 
 
+def test_prediction_records_the_share_of_each_carried_effect_kept(trained_model, controls):
+    pred = trained_model.predict(controls, perturbations=["G0"], seed=0)
+    kept = pred.uns["perturbflow_prediction"]["specificity"]
+    assert kept and all(0.0 <= share <= 1.0 for shares in kept.values() for share in shares.values())
+    context, shares = next(iter(kept.items()))
+    ctrl_mean = pf.data.log_normalized_mean(controls[(controls.obs["cell_type"] == context).to_numpy()].X)
+    assert shares["G0"] == pytest.approx(trained_model.prior.specificity(frozenset(["G0"]), context, ctrl_mean), abs=1e-4)
+
+
 def test_predict_is_seeded_and_n_cells(trained_model, controls):
     a = trained_model.predict(controls, perturbations=["G0"], seed=5, n_cells=30)
     b = trained_model.predict(controls, perturbations=["G0"], seed=5, n_cells=30)

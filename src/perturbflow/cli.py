@@ -145,6 +145,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if info.get("exact_mean"):
         print("group means kept exact: " + ", ".join(
             f"{context or 'all cells'} {exact_mean_words(exact)}" for context, exact in info["exact_mean"].items()))
+    for context, kept in info.get("specificity", {}).items():
+        print(specificity_words(context, kept))
 
 
 def exact_mean_words(exact: bool | float) -> str:
@@ -152,6 +154,18 @@ def exact_mean_words(exact: bool | float) -> str:
     if isinstance(exact, bool) or exact in (0, 1):
         return "yes" if exact else "no (clipped at 0)"
     return f"{exact:.2f} of clipping's lift put back"
+
+
+def specificity_words(context: str, kept: dict[str, float]) -> str:
+    """How much of each perturbation's own effect a context was given (the rest is the pooled
+    effect of all perturbations), for the CLI's summary: the mean, and the most shrunk."""
+    mean = sum(kept.values()) / len(kept)
+    line = f"own effect kept in {context} (carried from other contexts): mean {mean:.2f} over {len(kept)}"
+    shrunk = sorted((share, label) for label, share in kept.items() if share < 0.5)
+    if shrunk:
+        line += f"; under half for {len(shrunk)}: " + ", ".join(f"{label} {share:.2f}" for share, label in shrunk[:5])
+        line += ", ..." if len(shrunk) > 5 else ""
+    return line
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

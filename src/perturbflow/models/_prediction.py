@@ -49,6 +49,7 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
     bandwidths: dict[str, float] = {}  # the context transfer's kernel bandwidth, per context
     exact: dict[str, bool | float] = {}  # whether each group's mean is kept exact (or its share), per context
     exact_of_group: list[bool | float] = []
+    specificity: dict[str, dict[str, float]] = {}  # per context and perturbation, where carried
     plain = model.plain_prior() if method == "latent_shift" else None
     described: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
     from rich.progress import track
@@ -70,6 +71,9 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
                 labels += [label] * len(rows_c)
                 continue
             prior = model.prior.prior(atom_set, c, ctrl_mean)
+            kept = model.prior.specificity(atom_set, c, ctrl_mean)
+            if kept is not None:  # carried from other contexts: the share of its own effect kept
+                specificity.setdefault(c, {})[label] = round(float(kept), 4)
             if c not in bandwidths:  # these depend on the context alone
                 bandwidths[c] = float(model.prior.transfer.bandwidth_in(c, ctrl_mean))
                 exact[c] = model.exact_mean_in(c)
@@ -126,6 +130,7 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
         "gene_offset": model.config.gene_offset if model.config.residual_prior else "none",
         "exact_mean": {c: (e if moves else False) for c, e in exact.items()},
         "exact_mean_by": model.config.exact_mean_by,
+        "specificity": specificity,
         "perturbation_key": reg.perturbation_key,
         "control_value": reg.control_value,
         "context_keys": list(reg.context_keys),

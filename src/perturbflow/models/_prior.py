@@ -59,6 +59,14 @@ class BaselinePrior:
         vals = [self.shifts[k] for k in keys]
         return np.mean(vals, axis=0) if vals else None
 
+    def specificity(self, atoms: frozenset, context: str, control_mean: np.ndarray | None = None) -> float | None:
+        """The share of its own effect (against the pooled one) that :meth:`prior` keeps for
+        ``atoms`` carried from other contexts; ``None`` where it is not carried (a combination
+        of singles measured in ``context``, or a perturbation measured nowhere else)."""
+        if len(atoms) > 1 and all((frozenset([a]), context) in self.shifts for a in atoms):
+            return None
+        return self.transfer.specificity_of(atoms, context, self.shifts, self.pooled, control_mean)
+
     def prior(self, atoms: frozenset, context: str, control_mean: np.ndarray | None = None) -> np.ndarray:
         """The baseline shift of ``atoms`` in ``context``, leaving that group itself out.
 

@@ -165,6 +165,22 @@ class ContextTransfer:
         control_mean: np.ndarray | None = None,
     ) -> np.ndarray | None:
         """The effect of ``atoms`` in ``context`` from the other contexts, or ``None`` if never seen."""
+        blend = self._blend(atoms, context, shifts, pooled, control_mean)
+        if blend is None:
+            return None
+        specific, shared, a = blend
+        return specific if shared is None else a * specific + (1 - a) * shared
+
+    def specificity_of(self, atoms: frozenset, context: str, shifts: dict[GroupKey, np.ndarray],
+                       pooled: dict[str, np.ndarray], control_mean: np.ndarray | None = None) -> float | None:
+        """The share ``a`` of its own effect that :meth:`transfer` keeps for ``atoms`` in
+        ``context`` (the rest is the pooled effect), or ``None`` if it is never seen."""
+        blend = self._blend(atoms, context, shifts, pooled, control_mean)
+        return None if blend is None else (1.0 if blend[1] is None else blend[2])
+
+    def _blend(self, atoms, context, shifts, pooled, control_mean):
+        """The weighted own effect of ``atoms`` from the other contexts, the weighted pooled
+        effect (``None`` where it is not mixed in) and the specificity; ``None`` if never seen."""
         seen = {c: v for (a, c), v in shifts.items() if a == atoms and c != context}
         if not seen:
             return None
@@ -178,9 +194,8 @@ class ContextTransfer:
         w_others = np.array([w[c] for c in others])
         a = self.shrinkage(atoms, list(seen), w_seen, others, w_others)
         if a >= 1.0 or not others:
-            return specific
-        shared = np.tensordot(w_others, np.stack([pooled[c] for c in others]), axes=1)
-        return a * specific + (1 - a) * shared
+            return specific, None, 1.0
+        return specific, np.tensordot(w_others, np.stack([pooled[c] for c in others]), axes=1), a
 
     @classmethod
     def select(
