@@ -176,11 +176,12 @@ class ContextTransfer:
         """The share ``a`` of its own effect that :meth:`transfer` keeps for ``atoms`` in
         ``context`` (the rest is the pooled effect), or ``None`` if it is never seen."""
         blend = self._blend(atoms, context, shifts, pooled, control_mean)
-        return None if blend is None else (1.0 if blend[1] is None else blend[2])
+        return None if blend is None else blend[2]
 
     def _blend(self, atoms, context, shifts, pooled, control_mean):
         """The weighted own effect of ``atoms`` from the other contexts, the weighted pooled
-        effect (``None`` where it is not mixed in) and the specificity; ``None`` if never seen."""
+        effect (``None`` where it is not mixed in) and the specificity (1 there); ``None`` if
+        never seen."""
         seen = {c: v for (a, c), v in shifts.items() if a == atoms and c != context}
         if not seen:
             return None
