@@ -55,7 +55,7 @@ def _errors(replicates, held: str) -> tuple[float, float]:
 def test_a_new_replicate_keeps_the_knock_outs_near_their_measured_effects(replicates):
     errors = np.array([_errors(replicates, held) for held in ("r1", "r2", "r3")])
     shrunk, plain = errors.sum(0)
-    # 4% below the mean shift's; counting the control mean's noise as the effect's (sessions
+    # 5% below the mean shift's; counting the control mean's noise as the effect's (sessions
     # 5-17) shrank the weak knock-outs to the pooled effect and came 5% above it
-    # (benchmarks/RESULTS.md, "Session 18")
+    # (benchmarks/RESULTS.md, "Session 18"; "Session 19" for the 5%)
     assert shrunk < plain

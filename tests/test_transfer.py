@@ -177,6 +177,36 @@ def test_the_noise_of_a_contexts_control_mean_does_not_shrink_an_effect():
     assert 0.2 < plain < 0.99 and noisy == pytest.approx(plain, abs=1e-9)
 
 
+def _contexts_that_differ(mu: float, tau: float, sigma: float, k: int = 4, genes: int = 20000, seed: int = 0):
+    """``k`` contexts; P's effect in each is ``pooled + mu * own + e(c)``, its own deviation
+    ``e(c)`` of standard deviation ``tau`` per gene, measured with noise ``sigma``; three
+    other perturbations make the pooled effect of every context exactly ``common``."""
+    rng = np.random.default_rng(seed)
+    common, own = rng.normal(size=genes), rng.normal(size=genes)
+    shifts, noise = {}, {}
+    for c in range(k):
+        p = common + mu * own + tau * rng.normal(size=genes) + sigma * rng.normal(size=genes)
+        shifts[(P, f"c{c}")] = p
+        for name in "QRS":
+            shifts[(frozenset([name]), f"c{c}")] = common - (p - common) / 3
+        noise[(P, f"c{c}")] = sigma**2
+    return shifts, noise
+
+
+def test_a_new_contexts_own_deviation_does_not_shrink_an_effect():
+    # the squared error of shared + a (specific - shared) as a prediction of a new context's
+    # effect is (1 - a)^2 mu^2 + a^2 V + tau^2 (module docstring): least at mu^2 / (mu^2 + V),
+    # V = sum w^2 (sigma^2 + tau^2); tau^2 alone is the same for every a
+    mu, tau, sigma, k = 0.5, 0.4, 0.3, 4
+    shifts, noise = _contexts_that_differ(mu, tau, sigma, k)
+    contexts = [f"c{c}" for c in range(k)]
+    w = np.full(k, 1.0 / k)
+    a = ContextTransfer(effects=shifts, noise=noise).shrinkage(P, contexts, w, contexts, w)
+    v = np.sum(w**2) * (sigma**2 + tau**2)
+    assert a == pytest.approx(mu**2 / (mu**2 + v), abs=0.02)
+    assert mu**2 / (mu**2 + v) - (mu**2 - tau**2) / (mu**2 + v) > 0.2  # tau^2 counted in V too (sessions 5-18)
+
+
 def test_the_latent_prior_judges_a_perturbation_where_it_is_moved():
     # in genes, P's effect is thin over 200 genes under noise (shrunk to the pooled effect);
     # in the latent it stands out of its noise in one dimension and is kept

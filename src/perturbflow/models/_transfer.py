@@ -15,16 +15,23 @@ effect does not carry over.
 
 The specificity ``a`` is set **per perturbation** by empirical Bayes (James-Stein over the
 genes, positive part): ``a = 1 - V / S``, clipped to ``[0, 1]``, with ``S`` the mean squared
-distance of the perturbation's weighted effect from the pooled effect and ``V`` its expected
-squared error as a prediction of a new context's effect: the sampling noise of the perturbed
-cells' mean (their variance over their number) plus the variance between contexts of the
-effect beyond the pooled one, less that noise. The noise of the control cells' mean is not
-in ``V``: every shift of a context shares it, so it cancels in the distance from that
-context's pooled effect. (Counting it, as sessions 5-17 did, shrank a new replicate's
-knock-outs to the pooled effect where the control cells were as few as a group's:
-benchmarks/RESULTS.md, "Session 18".) A strong effect that is the same in every context
-keeps ``a`` near 1 (the plain mean shift of that perturbation); a weak or inconsistent one
-shrinks towards the pooled effect (Efron & Morris 1973). Each prior judges ``a`` in the
+distance of the perturbation's weighted effect from the pooled effect and ``V`` the part of
+``S`` that is not the perturbation's own effect: ``V = sum_c' w(c')^2 (sigma2(c') + tau2)``,
+the sampling noise of the perturbed cells' mean in each context (their variance over their
+number) and the variance between contexts of the effect beyond the pooled one (``tau2``, its
+spread over the contexts less that noise). With the effect in context ``c`` written as
+``pooled(c) + mu + e(c)``, the squared error of ``shared + a (specific - shared)`` as a
+prediction of a new context's effect is ``(1 - a)^2 mu^2 + a^2 V + tau2``, least at
+``a = mu^2 / (mu^2 + V) = 1 - V / E[S]``: the new context's own deviation ``tau2`` is in
+every choice of ``a`` alike, so it is not in ``V``. (Sessions 5-18 counted it there too,
+which shrank every effect that differs between contexts once more: benchmarks/RESULTS.md,
+"Session 19".) The noise of the control cells' mean is not in ``V`` either: every shift of a
+context shares it, so it cancels in the distance from that context's pooled effect.
+(Counting it, as sessions 5-17 did, shrank a new replicate's knock-outs to the pooled effect
+where the control cells were as few as a group's: benchmarks/RESULTS.md, "Session 18".)
+A strong effect that is the same in every context keeps ``a`` near 1 (the plain mean shift
+of that perturbation); a weak or inconsistent one shrinks towards the pooled effect (Efron &
+Morris 1973). Each prior judges ``a`` in the
 space it moves: the latent prior on the latent shifts and the sampling noise of the latent
 means (:meth:`ContextTransfer.in_space`), where an effect spread thinly over many genes (a
 knock-out's programme) stands out of its noise more clearly than gene by gene. The
@@ -136,11 +143,12 @@ class ContextTransfer:
         between = 0.0  # variance of that effect between contexts, beyond sampling noise
         if len(keys) > 1:
             between = max(0.0, float(np.mean(np.var(beyond, axis=0, ddof=1))) - float(noise.mean()))
-        expected_error = between + float(np.sum(w_seen**2 * (noise + between)))
+        # what noise and the contexts' own deviations add to the spread (the module docstring)
+        not_own = float(np.sum(w_seen**2 * (noise + between)))
         spread = float(np.mean((specific - shared) ** 2))
         if spread <= 0:
             return 0.0
-        return float(np.clip(1.0 - expected_error / spread, 0.0, 1.0))
+        return float(np.clip(1.0 - not_own / spread, 0.0, 1.0))
 
     def weights(self, context: str, others: list[str], control_mean: np.ndarray | None = None,
                 bandwidth: float | None = None) -> np.ndarray:
