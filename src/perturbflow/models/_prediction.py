@@ -70,8 +70,7 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
                 src_rows.append(rows_c)
                 labels += [label] * len(rows_c)
                 continue
-            prior = model.prior.prior(atom_set, c, ctrl_mean)
-            kept = model.prior.specificity(atom_set, c, ctrl_mean)
+            prior, kept = model.prior.prior_and_specificity(atom_set, c, ctrl_mean)
             if kept is not None:  # carried from other contexts: the share of its own effect kept
                 specificity.setdefault(c, {})[label] = round(float(kept), 4)
             if c not in bandwidths:  # these depend on the context alone

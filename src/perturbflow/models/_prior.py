@@ -63,9 +63,7 @@ class BaselinePrior:
         """The share of its own effect (against the pooled one) that :meth:`prior` keeps for
         ``atoms`` carried from other contexts; ``None`` where it is not carried (a combination
         of singles measured in ``context``, or a perturbation measured nowhere else)."""
-        if len(atoms) > 1 and all((frozenset([a]), context) in self.shifts for a in atoms):
-            return None
-        return self.transfer.specificity_of(atoms, context, self.shifts, self.pooled, control_mean)
+        return self.prior_and_specificity(atoms, context, control_mean)[1]
 
     def prior(self, atoms: frozenset, context: str, control_mean: np.ndarray | None = None) -> np.ndarray:
         """The baseline shift of ``atoms`` in ``context``, leaving that group itself out.
@@ -74,13 +72,23 @@ class BaselinePrior:
         describes a context for the transfer between contexts; by default the one stored at
         training is used.
         """
-        keys = [k for k in self.shifts if k != (atoms, context)]
+        return self.prior_and_specificity(atoms, context, control_mean)[0]
+
+    def prior_and_specificity(self, atoms: frozenset, context: str,
+                              control_mean: np.ndarray | None = None) -> tuple[np.ndarray, float | None]:
+        """:meth:`prior` and :meth:`specificity` at once (one kernel blend for both)."""
         singles_here = [(frozenset([a]), context) for a in atoms]
         if len(atoms) > 1 and all(k in self.shifts for k in singles_here):
-            return np.sum([self.shifts[k] for k in singles_here], axis=0)  # additive
-        moved = self.transfer.transfer(atoms, context, self.shifts, self.pooled, control_mean)
-        if moved is not None:
-            return (self.carried_scale * moved).astype(np.float32)  # from the other contexts, similar ones first
+            return np.sum([self.shifts[k] for k in singles_here], axis=0), None  # additive
+        carried = self.transfer.carried(atoms, context, self.shifts, self.pooled, control_mean)
+        if carried is not None:  # from the other contexts, similar ones first
+            return (self.carried_scale * carried[0]).astype(np.float32), carried[1]
+        return self._not_carried(atoms, context), None
+
+    def _not_carried(self, atoms: frozenset, context: str) -> np.ndarray:
+        """The prior of ``atoms`` measured in no other context: the context's mean shift, or
+        for a combination the sum of its singles wherever each was measured."""
+        keys = [k for k in self.shifts if k != (atoms, context)]
         context_mean = self._mean([k for k in keys if k[1] == context])
         if context_mean is None:
             context_mean = self._mean(keys)

@@ -173,18 +173,18 @@ class ContextTransfer:
         control_mean: np.ndarray | None = None,
     ) -> np.ndarray | None:
         """The effect of ``atoms`` in ``context`` from the other contexts, or ``None`` if never seen."""
+        carried = self.carried(atoms, context, shifts, pooled, control_mean)
+        return None if carried is None else carried[0]
+
+    def carried(self, atoms: frozenset, context: str, shifts: dict[GroupKey, np.ndarray],
+                pooled: dict[str, np.ndarray], control_mean: np.ndarray | None = None) -> tuple[np.ndarray, float] | None:
+        """:meth:`transfer`'s effect and the share ``a`` of its own effect it keeps for
+        ``atoms`` in ``context`` (the rest is the pooled effect), or ``None`` if never seen."""
         blend = self._blend(atoms, context, shifts, pooled, control_mean)
         if blend is None:
             return None
         specific, shared, a = blend
-        return specific if shared is None else a * specific + (1 - a) * shared
-
-    def specificity_of(self, atoms: frozenset, context: str, shifts: dict[GroupKey, np.ndarray],
-                       pooled: dict[str, np.ndarray], control_mean: np.ndarray | None = None) -> float | None:
-        """The share ``a`` of its own effect that :meth:`transfer` keeps for ``atoms`` in
-        ``context`` (the rest is the pooled effect), or ``None`` if it is never seen."""
-        blend = self._blend(atoms, context, shifts, pooled, control_mean)
-        return None if blend is None else blend[2]
+        return (specific if shared is None else a * specific + (1 - a) * shared), a
 
     def _blend(self, atoms, context, shifts, pooled, control_mean):
         """The weighted own effect of ``atoms`` from the other contexts, the weighted pooled
