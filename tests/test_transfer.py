@@ -225,3 +225,13 @@ def test_a_trained_model_shrinks_its_latent_prior_in_the_latent(trained_model):
     n_latent = trained_model.config.n_latent
     assert {len(v) for v in trained_model.prior.transfer.effects.values()} == {n_latent}
     assert {len(v) for v in trained_model.gene_prior.transfer.effects.values()} == {len(trained_model.genes)}
+
+
+def test_a_trained_models_residual_keeps_the_share_its_latent_prior_keeps(trained_model):
+    # one judgement per perturbation: what the latent does not carry of an effect is carried
+    # to another context with the share of the perturbation's own effect the latent move keeps
+    latent, residual = trained_model.prior, trained_model.residual_prior
+    carried = [(a, c) for a, c in latent.shifts if len(a) == 1 and latent.specificity(a, c) is not None]
+    assert carried
+    for atoms, context in carried:
+        assert residual.specificity(atoms, context) == latent.specificity(atoms, context)

@@ -147,9 +147,11 @@ def train_model(
     # shrunk per perturbation by how it stands out of the noise in the latent, where it is moved
     model.prior = BaselinePrior(latent_shifts, sizes, transfer.in_space(latent_shifts, latent_noise))
     # what of each measured change the latent does not carry, moved between groups like
-    # the shifts themselves and added back in gene space at prediction
+    # the shifts themselves and added back in gene space at prediction, each perturbation's
+    # with the share of its own effect the latent prior keeps: one judgement per perturbation
     decoded = decoded_shifts(model.vae, z_all, library, latent_shifts, control_rows, seed)
-    model.residual_prior = BaselinePrior({k: gene_shifts[k] - decoded[k] for k in gene_shifts}, sizes, transfer)
+    model.residual_prior = BaselinePrior({k: gene_shifts[k] - decoded[k] for k in gene_shifts}, sizes,
+                                         model.prior.transfer)
     if model.config.residual_shrinkage:  # carried to other contexts in as far as it predicts them
         model.residual_prior.carried_scale = carried_scale(model.residual_prior)
         logger.info("residual carried between contexts: %.2f of it", model.residual_prior.carried_scale)
