@@ -31,10 +31,11 @@ context shares it, so it cancels in the distance from that context's pooled effe
 where the control cells were as few as a group's: benchmarks/RESULTS.md, "Session 18".)
 A strong effect that is the same in every context keeps ``a`` near 1 (the plain mean shift
 of that perturbation); a weak or inconsistent one shrinks towards the pooled effect (Efron &
-Morris 1973). Each prior judges ``a`` in the
-space it moves: the latent prior on the latent shifts and the sampling noise of the latent
-means (:meth:`ContextTransfer.in_space`), where an effect spread thinly over many genes (a
-knock-out's programme) stands out of its noise more clearly than gene by gene. The
+Morris 1973). The latent prior judges ``a`` on the latent
+shifts and the sampling noise of the latent means (:meth:`ContextTransfer.in_space`), where
+an effect spread thinly over many genes (a knock-out's programme) stands out of its noise
+more clearly than gene by gene; the gene-space residual keeps the same ``a`` for the same
+perturbation (one judgement per perturbation: benchmarks/RESULTS.md, "Session 19"). The
 relative bandwidth ``h`` is **chosen from the training data** by leave-one-context-out
 cross-validation (the squared error of every training group predicted from the other
 contexts), so no constant is tuned per dataset; ties go to ``h = inf`` (equal weights).
