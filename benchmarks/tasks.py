@@ -54,9 +54,15 @@ def _exact(adata: ad.AnnData) -> ad.AnnData:
     return adata.copy()
 
 
-def norman_combinations(data_dir: Path = DEFAULT_DATA_DIR) -> Task:
+def _devel_study(data_dir: Path, dataset: str) -> ad.AnnData:
+    """The cells of one study (``obs['dataset']``) of PerturBench's development file, those
+    whose counts were recovered exactly."""
     adata = ad.read_h5ad(data_dir / "perturbench_devel_norman2019_mcfaline2023.h5ad")
-    adata = _exact(adata[adata.obs["dataset"] == "norman19"])
+    return _exact(adata[adata.obs["dataset"] == dataset])
+
+
+def norman_combinations(data_dir: Path = DEFAULT_DATA_DIR) -> Task:
+    adata = _devel_study(data_dir, "norman19")
     adata.obs["split"] = np.where(adata.obs["perturbation"].isin(NORMAN_HELDOUT), "test", "train")
     return Task(
         "norman_combinations",
@@ -71,16 +77,14 @@ def norman_new_replicate(data_dir: Path = DEFAULT_DATA_DIR, held: str = "rep1") 
     The kind of task where the same screen is run again (a new replicate, donor or batch): the
     effects are those of the other replicates, up to the batch. Norman's lanes stand in for
     replicates (``NORMAN_REPLICATES``: about 35 cells per perturbation and replicate)."""
-    adata = ad.read_h5ad(data_dir / "perturbench_devel_norman2019_mcfaline2023.h5ad")
-    adata = _exact(adata[adata.obs["dataset"] == "norman19"])
+    adata = _devel_study(data_dir, "norman19")
     replicate_of = {lane: rep for rep, lanes in NORMAN_REPLICATES.items() for lane in lanes}
     adata.obs["replicate"] = [replicate_of[name.rsplit("-", 1)[-1]] for name in adata.obs_names]
     return _context_held_out(adata, "replicate", held, f"norman_{held}", "Norman 2019 K562 CRISPRa")
 
 
 def mcfaline_new_cell_line(data_dir: Path = DEFAULT_DATA_DIR, held: str = "U87MG") -> Task:
-    adata = ad.read_h5ad(data_dir / "perturbench_devel_norman2019_mcfaline2023.h5ad")
-    adata = _exact(adata[adata.obs["dataset"] == "mcfaline23"])
+    adata = _devel_study(data_dir, "mcfaline23")
     return _context_held_out(adata, "cell_type", held, f"mcfaline_{held}", "McFaline-Figueroa CRISPRi")
 
 
