@@ -15,6 +15,14 @@ latent end points that no model can know, the held-out perturbed cells' own late
   as the control cells): the end point a perfect flow would reach;
 - ``oracle_shape``: the prior's mean move, and each cell's move around it from ``oracle_ot``
   (the part a flow's shape could add where the prior sets the mean);
+- ``oracle_gaussian``: each control cell moved by the optimal-transport map between normals
+  fitted to the control cells' and the held-out group's latents (an affine map from the two
+  clouds' first two moments; :func:`perturbflow.data.gaussian_map`), and
+  ``oracle_gaussian_shape`` its moves around their mean added to the prior's mean move;
+- with ``--barycentric``, ``oracle_bary{k}`` and ``oracle_spread{k}``: each control cell
+  moved to the barycentric projection of an entropic OT plan to the held-out latents, with
+  the regularisation ``k`` times the encoder's posterior variance per dimension, or ``k``
+  times the held-out cloud's mean squared distance between two cells (session 20);
 - ``oracle_ot_direct_X``: counts sampled from the decoder at ``oracle_ot``'s end points
   (``decode="direct"``, as scGen-style models decode), which shows whether the latent itself
   holds the held-out distribution;
@@ -48,8 +56,51 @@ from tasks import DEFAULT_DATA_DIR, FOLDS, fold_task, parse_config, save_results
 
 import perturbflow as pf
 import perturbflow.models._prediction as prediction
+from perturbflow.data import gaussian_map
 from perturbflow.metrics import summarize
 from perturbflow.models._inputs import aligned_counts, requested_perturbations
+
+
+def barycentric_targets(z0: np.ndarray, targets: np.ndarray, epsilon: float, n_iter: int = 300) -> np.ndarray:
+    """Each row of ``z0`` moved to the barycentric projection of an entropic optimal-transport
+    plan to ``targets`` (squared Euclidean cost, uniform marginals, log-domain Sinkhorn with
+    regularisation ``epsilon``): the mean of the targets a cell is coupled with, weighted by
+    the plan. With ``epsilon`` near the encoding noise, a move holds what the latents know of
+    the cells' states and not their partners' noise (Cuturi 2013; Pooladian & Niles-Weed 2021
+    for the barycentric map as an estimator of the transport map)."""
+    x, y = torch.from_numpy(z0).double(), torch.from_numpy(targets).double()
+    log_k = -torch.cdist(x, y) ** 2 / epsilon  # (n, m)
+    log_a, log_b = -np.log(len(x)) * torch.ones(len(x), dtype=x.dtype), -np.log(len(y)) * torch.ones(len(y), dtype=x.dtype)
+    f, g = torch.zeros_like(log_a), torch.zeros_like(log_b)
+    for _ in range(n_iter):
+        f = log_a - torch.logsumexp(log_k + g[None, :], 1)
+        g = log_b - torch.logsumexp(log_k + f[:, None], 0)
+    plan = torch.softmax(log_k + g[None, :], 1)  # each row's conditional plan
+    ends = plan @ y
+    return (ends - ends.mean(0) + y.mean(0)).float().numpy()  # the targets' mean, however far Sinkhorn got
+
+
+def posterior_variance(model, counts) -> float:
+    """The encoder's mean posterior variance ``Var[z | x]`` of ``counts``' cells, per latent dimension."""
+    module = model.vae.module
+    encoder = module.z_encoder
+    x = torch.as_tensor(np.asarray(counts.todense() if hasattr(counts, "todense") else counts), dtype=torch.float32)
+    x_ = torch.log1p(x) if module.log_variational else x
+    with torch.no_grad():
+        q = encoder.encoder(x_, torch.zeros(len(x), 1, dtype=torch.long))
+        return float((torch.exp(encoder.var_encoder(q)) + encoder.var_eps).mean())
+
+
+def gaussian_ends(z0: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Each row of ``z0`` moved by the optimal-transport map between normals fitted to ``z0``
+    and ``targets`` (:func:`perturbflow.data.gaussian_map`)."""
+    m_0, m_1, a = gaussian_map(z0.astype(np.float64), targets.astype(np.float64))
+    return (m_1 + (z0 - m_0) @ a.T).astype(np.float32)
+
+
+def spread(z: np.ndarray) -> float:
+    """Twice the summed variance of ``z``'s rows: the mean squared distance between two of them."""
+    return float(2 * z.var(0).sum())
 
 
 def matched_targets(z0: np.ndarray, targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -62,6 +113,10 @@ def matched_targets(z0: np.ndarray, targets: np.ndarray, rng: np.random.Generato
     cost = ((z0[:, None, :] - pool[None, :, :]) ** 2).sum(-1)
     _, cols = linear_sum_assignment(cost)
     return pool[cols]
+
+
+BARYCENTRIC_NOISE = (2, 8)  # --barycentric: regularisation in posterior variances per dimension
+BARYCENTRIC_SPREAD = (0.05, 0.2, 0.5)  # and in the held-out cloud's mean squared distance  # and in the targets' mean squared distance
 
 
 @contextmanager
@@ -80,7 +135,7 @@ def latent_ends(end_of):
         prediction.transport_sets = original
 
 
-def run_fold(dataset: str, fold: str, seed: int, data_dir: Path, config: dict) -> pd.DataFrame:
+def run_fold(dataset: str, fold: str, seed: int, data_dir: Path, config: dict, barycentric: bool = False) -> pd.DataFrame:
     torch.set_num_threads(1)
     task = fold_task(dataset, fold, data_dir)
     task.setup_model()
@@ -95,6 +150,7 @@ def run_fold(dataset: str, fold: str, seed: int, data_dir: Path, config: dict) -
     z_held = {tuple(ids): z_all_held[labels == label]  # each held-out group's latents, by its atoms
               for label, _, ids in requested_perturbations(task.perturbations, model.atoms, model.registry)}
     true_shift = {ids: z.mean(0) - z_ctrl.mean(0) for ids, z in z_held.items()}
+    noise = posterior_variance(model, aligned_counts(held, model.genes, layer))  # per dimension
     rng = np.random.default_rng(seed)
 
     tables = [scored_prediction(model, controls, task, seed, "perturbflow")]
@@ -105,11 +161,22 @@ def run_fold(dataset: str, fold: str, seed: int, data_dir: Path, config: dict) -
         move = matched_targets(z0, z_held[ids], rng) - z0
         return z0 + prior + move - move.mean(0)
 
+    def gaussian_shape(z0, prior, ids):
+        move = gaussian_ends(z0, z_held[ids]) - z0
+        return z0 + prior + move - move.mean(0)
+
     ends = {
         "oracle_mean": lambda z0, prior, ids: z0 + true_shift[ids],
         "oracle_ot": lambda z0, prior, ids: matched_targets(z0, z_held[ids], rng),
         "oracle_shape": shape_around_prior,
+        "oracle_gaussian": lambda z0, prior, ids: gaussian_ends(z0, z_held[ids]),
+        "oracle_gaussian_shape": gaussian_shape,
     }
+    if barycentric:
+        ends |= {f"oracle_bary{k}": partial(lambda k, z0, prior, ids: barycentric_targets(
+            z0, z_held[ids], k * noise), k) for k in BARYCENTRIC_NOISE}
+        ends |= {f"oracle_spread{k}": partial(lambda k, z0, prior, ids: barycentric_targets(
+            z0, z_held[ids], k * spread(z_held[ids])), k) for k in BARYCENTRIC_SPREAD}
     with forced_correction(model, 1.0):
         for name, end_of in ends.items():
             with latent_ends(end_of):
@@ -123,7 +190,7 @@ def run_fold(dataset: str, fold: str, seed: int, data_dir: Path, config: dict) -
     for col, value in (("seed", seed), ("task", task.name), ("dataset", dataset)):
         summary.insert(0, col, value)
     summary["energy_excess"] = summary["energy_distance"] - summary["energy_floor"]
-    print(f"\n== {task.name} / seed {seed}")
+    print(f"\n== {task.name} / seed {seed} (posterior variance {noise:.4f} per dimension)")
     print(summary[["model", "pearson_delta_top20", "energy_excess"]].to_string(index=False), flush=True)
     return summary
 
@@ -137,10 +204,11 @@ def main(argv=None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="folds trained side by side, one torch thread each")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--config", nargs="*", default=[], help="PerturbFlowConfig overrides, KEY=VALUE")
+    parser.add_argument("--barycentric", action="store_true", help="also the entropic-OT barycentric rows")
     args = parser.parse_args(argv)
     units = [(name, fold, seed) for seed in args.seeds for name in args.tasks
              for fold in FOLDS[name] if not args.folds or fold in args.folds]
-    run = partial(run_fold, data_dir=args.data_dir, config=parse_config(args.config))
+    run = partial(run_fold, data_dir=args.data_dir, config=parse_config(args.config), barycentric=args.barycentric)
     rows = []
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         for summary in pool.map(run, *zip(*units)):

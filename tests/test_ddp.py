@@ -119,7 +119,7 @@ def _draw(dataset: PairedSetDataset, n: int = 6) -> np.ndarray:
     return np.stack([np.concatenate([dataset[i]["x_0"].numpy(), dataset[i]["x_1"].numpy()]) for i in range(n)])
 
 
-@pytest.mark.parametrize("coupling", ["random", "ot"])
+@pytest.mark.parametrize("coupling", ["random", "ot", "gaussian"])
 def test_each_rank_draws_its_own_sets(monkeypatch, coupling):
     single = _draw(_dataset(coupling))
     monkeypatch.setattr(pairing, "global_rank", lambda: 1)

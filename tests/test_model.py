@@ -388,14 +388,15 @@ def test_latent_shift_is_scgen_arithmetic_with_the_model_vae(trained_model, cont
 
 
 def test_without_a_baseline_prior_the_flow_is_applied_in_every_context(trained_model):
-    saved = trained_model.config.residual_prior, trained_model.flow_contexts
+    config = trained_model.config
+    saved = config.residual_prior, trained_model.flow_contexts, config.new_context_flow
     try:
-        trained_model.flow_contexts = []
+        trained_model.flow_contexts, config.new_context_flow = [], "off"
         assert trained_model.correction_scale_in("a new cell type") == 0.0
-        trained_model.config.residual_prior = False  # the flow alone predicts: nothing to fall back to
+        config.residual_prior = False  # the flow alone predicts: nothing to fall back to
         assert trained_model.correction_scale_in("a new cell type") == trained_model.correction_scale
     finally:
-        trained_model.config.residual_prior, trained_model.flow_contexts = saved
+        config.residual_prior, trained_model.flow_contexts, config.new_context_flow = saved
 
 
 def test_training_is_reproducible_with_a_seed(trained_model, synthetic_adata, controls):

@@ -8,7 +8,7 @@ from perturbflow.data._expression import (
     log_normalized_mean,
     mean_exact_shift,
 )
-from perturbflow.data._pairing import Group, PairedSetDataset, ot_pairing
+from perturbflow.data._pairing import Group, PairedSetDataset, gaussian_map, ot_pairing
 from perturbflow.data._perturbations import canonical_label, parse_perturbation
 from perturbflow.data._setup import (
     DataRegistry,
@@ -31,6 +31,7 @@ __all__ = [
     "canonical_label",
     "check_counts",
     "context_labels",
+    "gaussian_map",
     "get_counts",
     "get_registry",
     "group_means",

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from perturbflow._distributed import global_rank, worker_id
 
-Coupling = Literal["random", "ot"]
+Coupling = Literal["random", "ot", "gaussian"]
 
 
 @dataclass
@@ -34,6 +34,28 @@ def ot_pairing(x_0: np.ndarray, x_1: np.ndarray) -> np.ndarray:
     return cols[np.argsort(rows)]
 
 
+def _sqrt_psd(m: np.ndarray, inverse: bool = False) -> np.ndarray:
+    """The symmetric square root (or its inverse) of a positive semi-definite matrix."""
+    values, vectors = np.linalg.eigh(m)
+    values = np.clip(values, 1e-9 * max(float(values.max()), 1e-12), None) ** (-0.5 if inverse else 0.5)
+    return (vectors * values) @ vectors.T
+
+
+def gaussian_map(x_0: np.ndarray, x_1: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The optimal-transport map between normals fitted to the rows of ``x_0`` and ``x_1``:
+    ``T(x) = m_1 + A (x - m_0)``, ``A = S_0^-1/2 (S_0^1/2 S_1 S_0^1/2)^1/2 S_0^-1/2`` (the Monge
+    map between two Gaussians; Peyre & Cuturi 2019, remark 2.31). Returns ``(m_0, m_1, A)``.
+
+    A shift where the two covariances agree, an affine, state-dependent move where they do
+    not; estimated from the two clouds' first two moments rather than from each cell's
+    partner in an empirical plan, whose moves carry the plan's own sampling error (large in
+    a 20-dimensional latent: benchmarks/RESULTS.md, "Session 20")."""
+    m_0, m_1 = x_0.mean(0), x_1.mean(0)
+    s_0, s_1 = np.atleast_2d(np.cov(x_0, rowvar=False)), np.atleast_2d(np.cov(x_1, rowvar=False))
+    root, inv_root = _sqrt_psd(s_0), _sqrt_psd(s_0, inverse=True)
+    return m_0, m_1, inv_root @ _sqrt_psd(root @ s_1 @ root) @ inv_root
+
+
 def pad_atoms(atom_ids: list[np.ndarray]) -> np.ndarray:
     """Stack variable-length atom index lists into a zero-padded ``(N, A_max)`` array."""
     width = max(1, max(len(a) for a in atom_ids))
@@ -48,7 +70,9 @@ class PairedSetDataset(Dataset):
 
     Each item draws a group (every group equally often) and ``set_size`` (source, target)
     pairs of it. With ``coupling="random"`` sources and targets are drawn independently
-    (with replacement). With ``"ot"`` the pairs come from an exact optimal-transport plan
+    (with replacement). With ``"gaussian"`` each drawn control latent is paired with its image
+    under the optimal-transport map between normals fitted to the group's control and
+    perturbed latents (:func:`gaussian_map`): a point, not a measured cell. With ``"ot"`` the pairs come from an exact optimal-transport plan
     between up to ``OT_POOL`` sources and as many targets of the whole group (a few plans per
     group, each on its own resampling), not from a plan within the small set: in a
     20-dimensional latent, OT within 32 cells pairs almost at random, and the flow learned
@@ -87,6 +111,7 @@ class PairedSetDataset(Dataset):
         self._draws = self.rng
         self.atoms = pad_atoms([g.atom_ids for g in groups])
         self.plans = [self._plans(g) for g in groups] if coupling == "ot" else None
+        self.maps = [self._map(g) for g in groups] if coupling == "gaussian" else None
 
     def _plans(self, group: Group) -> list[tuple[np.ndarray, np.ndarray]]:
         """``N_PLANS`` (source rows, target rows) pairings of the group, each an exact OT plan."""
@@ -97,6 +122,12 @@ class PairedSetDataset(Dataset):
             tgt = self.rng.choice(group.target_idx, n, replace=len(group.target_idx) < n)
             plans.append((src, tgt[ot_pairing(self.z[src], self.z[tgt])]))
         return plans
+
+    def _map(self, group: Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The group's Gaussian transport map, fitted on up to ``OT_POOL`` cells of each side."""
+        src = self.rng.choice(group.source_idx, min(self.OT_POOL, len(group.source_idx)), replace=False)
+        tgt = self.rng.choice(group.target_idx, min(self.OT_POOL, len(group.target_idx)), replace=False)
+        return gaussian_map(self.z[src].astype(np.float64), self.z[tgt].astype(np.float64))
 
     def __len__(self) -> int:
         return self.n_items
@@ -114,7 +145,11 @@ class PairedSetDataset(Dataset):
         rng = self._stream()
         g = rng.integers(len(self.groups))
         group = self.groups[g]
-        if self.plans is None:
+        if self.maps is not None:
+            src = rng.choice(group.source_idx, self.set_size)
+            m_0, m_1, a = self.maps[g]
+            x_1 = (m_1 + (self.z[src] - m_0) @ a.T).astype(np.float32)
+        elif self.plans is None:
             src = rng.choice(group.source_idx, self.set_size)
             tgt = rng.choice(group.target_idx, self.set_size)
         else:
@@ -123,7 +158,7 @@ class PairedSetDataset(Dataset):
             src, tgt = src[pick], tgt[pick]
         return {
             "x_0": torch.from_numpy(self.z[src]),  # (S, D)
-            "x_1": torch.from_numpy(self.z[tgt]),  # (S, D)
+            "x_1": torch.from_numpy(x_1 if self.maps is not None else self.z[tgt]),  # (S, D)
             "atoms": torch.from_numpy(self.atoms[g]),
             "context": torch.from_numpy(self.context_stats[group.context]),
             "prior": torch.from_numpy(group.prior.astype(np.float32)),

@@ -40,7 +40,9 @@ class PerturbFlowConfig:
     coupling
         How the flow's training pairs control and perturbed cells: ``"ot"`` (pairs drawn
         from an exact optimal-transport plan between up to 256 cells of each side of the
-        whole group) or ``"random"``.
+        whole group), ``"random"``, or ``"gaussian"`` (each control latent paired with its image
+        under the optimal-transport map between normals fitted to the group's two sides, a
+        shift where their covariances agree and an affine move where they do not).
     flow_batch_size
         Sets per training step of the flow.
     flow_steps_per_epoch
@@ -90,7 +92,8 @@ class PerturbFlowConfig:
         correction is scored there under the null context, and a new context gets the
         choice of its nearest probed context (``"off"`` otherwise). A part is chosen only
         if it cuts the latent energy distance to the held-out context's real cells by a
-        fifth against ``"off"``, on all of them and on both halves
+        twentieth against ``"off"`` (a fifth before session 20, when the flow learned from
+        exact-OT pairs), on all of them and on both halves
         (``perturbflow.train.best_parts``; the decoded scores are recorded too). The probe
         is a second flow fit. Over 42 earlier Kang fold-runs this rule would have cut the
         mean energy excess from 0.687 (session 8's rule: both spaces, no margin) to 0.633,
@@ -172,7 +175,7 @@ class PerturbFlowConfig:
     n_embed: int = 64
     atom_pooling: Literal["mean", "sum"] = "mean"
     set_size: int = 32
-    coupling: Literal["ot", "random"] = "ot"
+    coupling: Literal["ot", "random", "gaussian"] = "gaussian"
     flow_batch_size: int = 8
     flow_steps_per_epoch: int = 50
     flow_max_epochs: int = 40
