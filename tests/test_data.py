@@ -200,3 +200,13 @@ def test_gaussian_sets_move_a_shifted_group_by_about_its_shift():
     assert np.abs(gaussian.mean(0) - shift).max() < 0.15
     around_mean = ((gaussian - gaussian.mean(0)) ** 2).sum(-1).mean()
     assert around_mean < 0.3 * ((ot - ot.mean(0)) ** 2).sum(-1).mean()
+
+
+def test_gaussian_map_of_a_group_with_fewer_cells_than_dimensions_is_the_shift():
+    from perturbflow.data import gaussian_map
+
+    rng = np.random.default_rng(2)
+    x0, x1 = rng.normal(size=(50, 6)), rng.normal(size=(1, 6)) + 2  # one perturbed cell
+    m0, m1, a = gaussian_map(x0, x1)
+    np.testing.assert_array_equal(a, np.eye(6))
+    np.testing.assert_allclose(m1 - m0, x1[0] - x0.mean(0))

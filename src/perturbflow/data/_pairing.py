@@ -49,8 +49,11 @@ def gaussian_map(x_0: np.ndarray, x_1: np.ndarray) -> tuple[np.ndarray, np.ndarr
     A shift where the two covariances agree, an affine, state-dependent move where they do
     not; estimated from the two clouds' first two moments rather than from each cell's
     partner in an empirical plan, whose moves carry the plan's own sampling error (large in
-    a 20-dimensional latent: benchmarks/RESULTS.md, "Session 20")."""
+    a 20-dimensional latent: benchmarks/RESULTS.md, "Session 20"). A side with no more cells
+    than dimensions has no full-rank covariance: the map is then the shift of the means."""
     m_0, m_1 = x_0.mean(0), x_1.mean(0)
+    if min(len(x_0), len(x_1)) <= x_0.shape[1]:  # too few cells for a covariance: the shift alone
+        return m_0, m_1, np.eye(x_0.shape[1])
     s_0, s_1 = np.atleast_2d(np.cov(x_0, rowvar=False)), np.atleast_2d(np.cov(x_1, rowvar=False))
     root, inv_root = _sqrt_psd(s_0), _sqrt_psd(s_0, inverse=True)
     return m_0, m_1, inv_root @ _sqrt_psd(root @ s_1 @ root) @ inv_root
