@@ -94,8 +94,7 @@ def posterior_variance(model, counts) -> float:
 def gaussian_ends(z0: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Each row of ``z0`` moved by the optimal-transport map between normals fitted to ``z0``
     and ``targets`` (:func:`perturbflow.data.gaussian_map`)."""
-    m_0, m_1, a = gaussian_map(z0.astype(np.float64), targets.astype(np.float64))
-    return (m_1 + (z0 - m_0) @ a.T).astype(np.float32)
+    return gaussian_map(z0.astype(np.float64), targets.astype(np.float64))(z0).astype(np.float32)
 
 
 def spread(z: np.ndarray) -> float:
@@ -156,20 +155,19 @@ def run_fold(dataset: str, fold: str, seed: int, data_dir: Path, config: dict, b
     with forced_correction(model, 0.0):
         tables.append(scored_prediction(model, controls, task, seed, "prior_only"))
 
-    def shape_around_prior(z0, prior, ids):
-        move = matched_targets(z0, z_held[ids], rng) - z0
-        return z0 + prior + move - move.mean(0)
-
-    def gaussian_shape(z0, prior, ids):
-        move = gaussian_ends(z0, z_held[ids]) - z0
-        return z0 + prior + move - move.mean(0)
+    def around_prior(end_of):
+        """End points whose moves from ``z0`` are ``end_of``'s less their mean, plus the prior's shift."""
+        def ends(z0, prior, ids):
+            move = end_of(z0, z_held[ids]) - z0
+            return z0 + prior + move - move.mean(0)
+        return ends
 
     ends = {
         "oracle_mean": lambda z0, prior, ids: z0 + true_shift[ids],
         "oracle_ot": lambda z0, prior, ids: matched_targets(z0, z_held[ids], rng),
-        "oracle_shape": shape_around_prior,
+        "oracle_shape": around_prior(lambda z0, targets: matched_targets(z0, targets, rng)),
         "oracle_gaussian": lambda z0, prior, ids: gaussian_ends(z0, z_held[ids]),
-        "oracle_gaussian_shape": gaussian_shape,
+        "oracle_gaussian_shape": around_prior(gaussian_ends),
     }
     if barycentric:
         noise = posterior_variance(model, aligned_counts(held, model.genes, layer))  # per dimension

@@ -8,7 +8,7 @@ from perturbflow.data._expression import (
     log_normalized_mean,
     mean_exact_shift,
 )
-from perturbflow.data._pairing import Group, PairedSetDataset, gaussian_map, ot_pairing
+from perturbflow.data._pairing import GaussianMap, Group, PairedSetDataset, gaussian_map, ot_pairing
 from perturbflow.data._perturbations import canonical_label, parse_perturbation
 from perturbflow.data._setup import (
     DataRegistry,
@@ -25,6 +25,7 @@ from perturbflow.data._validate import check_counts, get_counts
 __all__ = [
     "TARGET_SUM",
     "DataRegistry",
+    "GaussianMap",
     "Group",
     "GroupMeans",
     "PairedSetDataset",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -41,10 +41,21 @@ def _sqrt_psd(m: np.ndarray, inverse: bool = False) -> np.ndarray:
     return (vectors * values) @ vectors.T
 
 
-def gaussian_map(x_0: np.ndarray, x_1: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+class GaussianMap(NamedTuple):
+    """An affine transport map ``T(x) = m_1 + A (x - m_0)``; calling it moves the rows of ``x``."""
+
+    m_0: np.ndarray  # (D,)
+    m_1: np.ndarray  # (D,)
+    a: np.ndarray  # (D, D)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.m_1 + (x - self.m_0) @ self.a.T
+
+
+def gaussian_map(x_0: np.ndarray, x_1: np.ndarray) -> GaussianMap:
     """The optimal-transport map between normals fitted to the rows of ``x_0`` and ``x_1``:
     ``T(x) = m_1 + A (x - m_0)``, ``A = S_0^-1/2 (S_0^1/2 S_1 S_0^1/2)^1/2 S_0^-1/2`` (the Monge
-    map between two Gaussians; Peyre & Cuturi 2019, remark 2.31). Returns ``(m_0, m_1, A)``.
+    map between two Gaussians; Peyre & Cuturi 2019, remark 2.31).
 
     A shift where the two covariances agree, an affine, state-dependent move where they do
     not; estimated from the two clouds' first two moments rather than from each cell's
@@ -53,10 +64,10 @@ def gaussian_map(x_0: np.ndarray, x_1: np.ndarray) -> tuple[np.ndarray, np.ndarr
     than dimensions has no full-rank covariance: the map is then the shift of the means."""
     m_0, m_1 = x_0.mean(0), x_1.mean(0)
     if min(len(x_0), len(x_1)) <= x_0.shape[1]:  # too few cells for a covariance: the shift alone
-        return m_0, m_1, np.eye(x_0.shape[1])
+        return GaussianMap(m_0, m_1, np.eye(x_0.shape[1]))
     s_0, s_1 = np.atleast_2d(np.cov(x_0, rowvar=False)), np.atleast_2d(np.cov(x_1, rowvar=False))
     root, inv_root = _sqrt_psd(s_0), _sqrt_psd(s_0, inverse=True)
-    return m_0, m_1, inv_root @ _sqrt_psd(root @ s_1 @ root) @ inv_root
+    return GaussianMap(m_0, m_1, inv_root @ _sqrt_psd(root @ s_1 @ root) @ inv_root)
 
 
 def pad_atoms(atom_ids: list[np.ndarray]) -> np.ndarray:
@@ -126,7 +137,7 @@ class PairedSetDataset(Dataset):
             plans.append((src, tgt[ot_pairing(self.z[src], self.z[tgt])]))
         return plans
 
-    def _map(self, group: Group) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _map(self, group: Group) -> GaussianMap:
         """The group's Gaussian transport map, fitted on up to ``OT_POOL`` cells of each side."""
         src = self.rng.choice(group.source_idx, min(self.OT_POOL, len(group.source_idx)), replace=False)
         tgt = self.rng.choice(group.target_idx, min(self.OT_POOL, len(group.target_idx)), replace=False)
@@ -150,8 +161,7 @@ class PairedSetDataset(Dataset):
         group = self.groups[g]
         if self.maps is not None:
             src = rng.choice(group.source_idx, self.set_size)
-            m_0, m_1, a = self.maps[g]
-            x_1 = (m_1 + (self.z[src] - m_0) @ a.T).astype(np.float32)
+            x_1 = self.maps[g](self.z[src]).astype(np.float32)
         elif self.plans is None:
             src = rng.choice(group.source_idx, self.set_size)
             tgt = rng.choice(group.target_idx, self.set_size)
