@@ -16,6 +16,11 @@ replayed exactly on any run: its outcome is the row of the part it chooses. Prin
 fold and seed, the recorded choice and the replayed ones, then the mean top-20 Pearson delta
 / energy excess over the floor of every rule over all the runs.
 
+The distance rule (runs that recorded ``context_means``): the flow's whole correction where
+the new context's control latent mean is no farther from its nearest measured context than
+the median measured context is from its own nearest measured neighbour, off elsewhere; no
+probe is needed. (Its outcome is the run's ``flow_full`` or ``prior_only`` row.)
+
 The decoding: each run with ``decoding_scores`` (every measured context predicted from the
 others, decoded exact and clipped) is replayed with :func:`perturbflow.train.choose_decoding`
 over all of them; its outcome is the run's ``exact_zeroing`` or ``mean_clipped`` row. Those
@@ -33,7 +38,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from perturbflow.train import MIN_GAIN, best_parts, choose_decoding
+from perturbflow.train import MIN_GAIN, best_parts, choose_decoding, near_measured
 
 PART_ROWS = {"off": "prior_only", "mean": "flow_mean", "shape": "flow_shape", "full": "flow_full"}
 
@@ -55,13 +60,23 @@ def runs(paths: list[str]) -> list[dict]:
             scores = json.loads(recorded) if isinstance(recorded, str) else {}
             if not scores or any("latent" not in s for s in scores.values()):
                 continue
+            means = by.loc["perturbflow"].get("context_means")
             found.append({
                 "file": path.rsplit("/", 1)[-1], "task": task, "seed": int(seed), "scores": scores,
+                "near": near_choice(json.loads(means), task.split("_", 1)[1]) if isinstance(means, str) else None,
                 "recorded": by.loc["perturbflow", "new_context_part"],
                 "rows": {m: (by.loc[m, "pearson_delta_top20"], by.loc[m, "energy_excess"])
                          for m in ["perturbflow", *PART_ROWS.values()]},
             })
     return found
+
+
+def near_choice(context_means: dict[str, list[float]], new: str) -> str:
+    """The distance rule (:func:`perturbflow.train.near_measured`): the flow's whole
+    correction ("full") if the fold's held-out context ``new`` lies among the others (all of
+    them measured), "off" if not."""
+    means = {c: np.asarray(v) for c, v in context_means.items()}
+    return "full" if near_measured(means[new], {c: m for c, m in means.items() if c != new}) else "off"
 
 
 def decoding_replay(paths: list[str]) -> None:
@@ -115,15 +130,23 @@ def main(argv=None) -> None:
         print("no run with recorded latent probe scores and every part's row in these files")
         decoding_replay(args.paths)
         return
-    totals = {"recorded": [], "always off": [], "always mean": []}
+    totals = {"recorded": [], "always off": [], "always mean": [], "always full": []}
     lines = []
+    near = any(run["near"] is not None for run in found)  # runs that recorded each context's latent mean
     for run in found:
         rows = run["rows"]
         totals["recorded"].append(rows["perturbflow"])
         totals["always off"].append(rows["prior_only"])
         totals["always mean"].append(rows["flow_mean"])
+        totals["always full"].append(rows["flow_full"])
         line = (f"| {run['file']} | {run['task']} | {run['seed']} | {rows['prior_only'][1]:.3f} | "
                 f"{rows['flow_mean'][1]:.3f} | {run['recorded']} {rows['perturbflow'][1]:.3f} |")
+        if run["near"] is not None:
+            outcome = rows[PART_ROWS[run["near"]]]
+            totals.setdefault("distance rule", []).append(outcome)
+            line += f" {run['near']} {outcome[1]:.3f} |"
+        elif near:
+            line += " – |"
         for margin in args.margins:
             choice = next(iter(best_parts(run["scores"], min_gain=margin).values()))
             outcome = rows[PART_ROWS[choice]]
@@ -131,8 +154,9 @@ def main(argv=None) -> None:
             line += f" {choice} {outcome[1]:.3f} |"
         lines.append(line)
     print("The flow's part: energy excess with it off / its mean applied, the run's choice and the replayed ones\n")
-    print("| file | fold | seed | off | mean | recorded | " + " | ".join(f"margin {m:g}" for m in args.margins) + " |")
-    print("|---" * (6 + len(args.margins)) + "|")
+    print("| file | fold | seed | off | mean | recorded | " + ("distance rule | " if near else "")
+          + " | ".join(f"margin {m:g}" for m in args.margins) + " |")
+    print("|---" * (6 + near + len(args.margins)) + "|")
     print("\n".join(lines))
     print(f"\n{len(found)} runs; mean top-20 Pearson delta / energy excess over the floor:\n")
     for name, values in totals.items():

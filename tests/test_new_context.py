@@ -15,6 +15,7 @@ from perturbflow.train import (
     apply_part,
     best_parts,
     contexts_to_hold_out,
+    near_measured,
     nearest_context,
     new_context_scores,
 )
@@ -30,6 +31,18 @@ def test_the_measured_context_nearest_each_new_one_is_held_out():
     ten = {f"m{i}": np.array([float(i), 0.0]) for i in range(10)}
     assert contexts_to_hold_out({"a": np.array([0.1, 0.0]), "b": np.array([8.9, 0.0])}, ten) == ["m0", "m9"]
     assert nearest_context(np.array([1.9, 0.0]), measured) == "m2" and nearest_context(np.zeros(2), {}) is None
+
+
+def test_a_new_context_is_near_where_measured_neighbours_typically_are():
+    # two pairs of close cell types and one far one: the median neighbour distance is 1
+    measured = {"a": np.array([0.0, 0.0]), "b": np.array([1.0, 0.0]), "c": np.array([10.0, 0.0]),
+                "d": np.array([11.0, 0.0]), "e": np.array([0.0, 30.0])}
+    assert near_measured(np.array([10.5, 0.5]), measured)  # between c and d
+    assert near_measured(np.array([0.0, 1.0]), measured)  # exactly the typical distance from a
+    assert not near_measured(np.array([5.0, 5.0]), measured)  # between the groups, far from all
+    assert near_measured(np.array([0.0, 29.5]), measured)  # beside e, however far e is from the rest
+    assert not near_measured(np.array([0.0, 28.0]), measured)
+    assert not near_measured(np.array([10.5, 0.0]), dict(list(measured.items())[:4]))  # too few to tell
 
 
 def test_the_parts_of_a_correction():
@@ -160,3 +173,11 @@ def test_auto_probes_the_nearest_measured_context_and_predicts_with_its_choice(t
     assert np.allclose(again.layers["expected"], pred.layers["expected"], atol=1e-4)
     model.config.new_context_flow = "off"  # a fixed choice overrides the calibrated one
     assert model.new_context_choice(new) == "off" and model.correction_scale_in(new) == 0.0
+    # "near": the whole correction if the new context lies among the 5 measured ones, by the
+    # control latent means the model stored, whatever the probe chose
+    model.config.new_context_flow = "near"
+    stored = {c: model.control_latent_mean(c) for c in contexts}
+    near = near_measured(stored[new], {c: m for c, m in stored.items() if c != new})
+    assert model.new_context_choice(new) == ("full" if near else "off")
+    assert model.new_context_choice(new, mean=stored[held]) == "full"  # a measured context's own mean
+    assert model.new_context_choice(new, mean=stored[held] + 1e3) == "off"  # far from every measured one

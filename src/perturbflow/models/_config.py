@@ -90,7 +90,11 @@ class PerturbFlowConfig:
         control cells of new contexts and at least 5 measured contexts, a probe flow is
         fitted without the measured context nearest to each new one, each part of its
         correction is scored there under the null context, and a new context gets the
-        choice of its nearest probed context (``"off"`` otherwise). A part is chosen only
+        choice of its nearest probed context (``"off"`` otherwise); ``"near"``: the whole
+        correction where the new context's control latent mean lies among the measured
+        contexts (no farther from the nearest of them than the median measured context is
+        from its own nearest; at least 5 measured contexts), ``"off"`` elsewhere, with no
+        probe (``perturbflow.train.near_measured``). With ``"auto"``, a part is chosen only
         if it cuts the latent energy distance to the held-out context's real cells by a
         twentieth against ``"off"`` (a fifth before session 20, when the flow learned from
         exact-OT pairs), on all of them and on both halves
@@ -186,7 +190,7 @@ class PerturbFlowConfig:
     context_bandwidth: Literal["local", "global"] = "local"
     context_dropout: float = 0.2
     centered_correction: bool = False
-    new_context_flow: Literal["auto", "off", "mean", "shape", "full"] = "auto"
+    new_context_flow: Literal["auto", "near", "off", "mean", "shape", "full"] = "auto"
     decode: Literal["delta", "direct"] = "delta"
     gene_offset: Literal["residual", "baseline", "prior_mean"] = "residual"
     cell_response: float = 1.0

@@ -33,6 +33,7 @@ from perturbflow.models._transfer import ContextTransfer
 from perturbflow.nn import CountVAE
 from perturbflow.train import (
     DEFAULT_EVERY_N_STEPS,
+    near_measured,
     nearest_context,
     new_context_exact_mean,
 )
@@ -234,19 +235,28 @@ class PerturbFlow:
         """What of the flow's correction ``new_context_flow`` applies in ``context`` if it is
         new to the flow: ``"off"``, ``"mean"``, ``"shape"`` or ``"full"``. With ``"auto"``,
         the choice made on the held-out measured context nearest to it (by the mean of the
-        control latents; ``"off"`` when none was held out)."""
-        if self.config.new_context_flow != "auto":
-            return self.config.new_context_flow
-        if context in self.new_context_parts:
+        control latents; ``"off"`` when none was held out). With ``"near"``, ``"full"`` if the
+        context lies among the measured ones (:func:`~perturbflow.train.near_measured`)."""
+        setting = self.config.new_context_flow
+        if setting not in ("auto", "near"):
+            return setting
+        if setting == "auto" and context in self.new_context_parts:
             return self.new_context_parts[context]
         if mean is None and context in self.context_stats:
-            stats = np.asarray(self.context_stats[context], dtype=np.float32)
-            mean = stats[: len(stats) // 2]
+            mean = self.control_latent_mean(context)
+        if setting == "near":
+            measured = {c: self.control_latent_mean(c) for c in self.decoding_scores
+                        if c != context and c in self.context_stats}
+            return "full" if mean is not None and near_measured(np.asarray(mean), measured) else "off"
         if mean is None or not self.new_context_parts:
             return "off"
-        half = {c: np.asarray(self.context_stats[c], dtype=np.float32) for c in self.new_context_parts}
-        near = nearest_context(np.asarray(mean), {c: v[: len(v) // 2] for c, v in half.items()})
+        near = nearest_context(np.asarray(mean), {c: self.control_latent_mean(c) for c in self.new_context_parts})
         return self.new_context_parts[near]
+
+    def control_latent_mean(self, context: str) -> np.ndarray:
+        """The mean latent of the control cells of a context the model was trained with."""
+        stats = np.asarray(self.context_stats[context], dtype=np.float32)
+        return stats[: len(stats) // 2]
 
     def exact_mean_in(self, context: str) -> bool | float:
         """Whether each predicted group's mean is kept exact in ``context``, or the share of

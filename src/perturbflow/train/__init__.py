@@ -39,6 +39,7 @@ from perturbflow.train._new_context import (
     apply_part,
     best_parts,
     contexts_to_hold_out,
+    near_measured,
     nearest_context,
     new_context_scores,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "gene_space_shifts",
     "is_main_process",
     "is_unfinished_run",
+    "near_measured",
     "nearest_context",
     "new_context_exact_mean",
     "new_context_scores",

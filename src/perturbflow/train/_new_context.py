@@ -73,6 +73,22 @@ def nearest_context(mean: np.ndarray, candidates: dict[str, np.ndarray]) -> str 
     return names[int(np.argmin([((candidates[c] - mean) ** 2).sum() for c in names]))]
 
 
+def near_measured(new_mean: np.ndarray, measured_means: dict[str, np.ndarray]) -> bool:
+    """Whether a new context lies among the measured ones: its control latent mean is no
+    farther from the nearest measured context's than the median measured context is from
+    its own nearest measured neighbour. ``False`` with fewer than ``MIN_CONTEXTS`` measured
+    contexts, where a typical neighbour distance cannot be told from one pair."""
+    if len(measured_means) < MIN_CONTEXTS:
+        return False
+    names = sorted(measured_means)
+
+    def nearest(mean: np.ndarray, exclude: str | None = None) -> float:
+        return min(float(np.linalg.norm(mean - measured_means[c])) for c in names if c != exclude)
+
+    typical = float(np.median([nearest(measured_means[c], exclude=c) for c in names]))
+    return nearest(np.asarray(new_mean)) <= typical
+
+
 def apply_part(base: np.ndarray, end: np.ndarray, part: str) -> np.ndarray:
     """Control latents moved by the prior (``base``), plus ``part`` of the flow's correction
     ``end - base``: none (``"off"``), its mean over the cells, its shape (less that mean) or all."""
