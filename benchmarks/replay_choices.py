@@ -38,7 +38,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from perturbflow.train import MIN_GAIN, best_parts, choose_decoding, near_measured
+from perturbflow.train import MIN_CONTEXTS, MIN_GAIN, best_parts, choose_decoding
 
 PART_ROWS = {"off": "prior_only", "mean": "flow_mean", "shape": "flow_shape", "full": "flow_full"}
 
@@ -71,10 +71,24 @@ def runs(paths: list[str]) -> list[dict]:
     return found
 
 
+def near_measured(new_mean: np.ndarray, measured_means: dict[str, np.ndarray]) -> bool:
+    """Whether a new context lies among the measured ones: its control latent mean is no
+    farther from the nearest measured context's than the median measured context is from
+    its own nearest measured neighbour (``False`` with fewer than ``MIN_CONTEXTS``)."""
+    if len(measured_means) < MIN_CONTEXTS:
+        return False
+    names = sorted(measured_means)
+
+    def nearest(mean: np.ndarray, exclude: str | None = None) -> float:
+        return min(float(np.linalg.norm(mean - measured_means[c])) for c in names if c != exclude)
+
+    return nearest(new_mean) <= float(np.median([nearest(measured_means[c], exclude=c) for c in names]))
+
+
 def near_choice(context_means: dict[str, list[float]], new: str) -> str:
-    """The distance rule (:func:`perturbflow.train.near_measured`): the flow's whole
-    correction ("full") if the fold's held-out context ``new`` lies among the others (all of
-    them measured), "off" if not."""
+    """The distance rule (tried in session 21, not kept): the flow's whole correction
+    ("full") if the fold's held-out context ``new`` lies among the others (all measured),
+    "off" if not."""
     means = {c: np.asarray(v) for c, v in context_means.items()}
     return "full" if near_measured(means[new], {c: m for c, m in means.items() if c != new}) else "off"
 

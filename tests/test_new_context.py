@@ -1,5 +1,6 @@
 """The flow's correction in a context new to it: chosen on the nearest measured context,
-held out of the flow's fit (``new_context_flow="auto"``)."""
+held out of the flow's fit (``new_context_flow="probe"``), or applied whole where enough
+contexts were measured (``"auto"``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from perturbflow.train import (
     apply_part,
     best_parts,
     contexts_to_hold_out,
-    near_measured,
     nearest_context,
     new_context_scores,
 )
@@ -31,18 +31,6 @@ def test_the_measured_context_nearest_each_new_one_is_held_out():
     ten = {f"m{i}": np.array([float(i), 0.0]) for i in range(10)}
     assert contexts_to_hold_out({"a": np.array([0.1, 0.0]), "b": np.array([8.9, 0.0])}, ten) == ["m0", "m9"]
     assert nearest_context(np.array([1.9, 0.0]), measured) == "m2" and nearest_context(np.zeros(2), {}) is None
-
-
-def test_a_new_context_is_near_where_measured_neighbours_typically_are():
-    # two pairs of close cell types and one far one: the median neighbour distance is 1
-    measured = {"a": np.array([0.0, 0.0]), "b": np.array([1.0, 0.0]), "c": np.array([10.0, 0.0]),
-                "d": np.array([11.0, 0.0]), "e": np.array([0.0, 30.0])}
-    assert near_measured(np.array([10.5, 0.5]), measured)  # between c and d
-    assert near_measured(np.array([0.0, 1.0]), measured)  # exactly the typical distance from a
-    assert not near_measured(np.array([5.0, 5.0]), measured)  # between the groups, far from all
-    assert near_measured(np.array([0.0, 29.5]), measured)  # beside e, however far e is from the rest
-    assert not near_measured(np.array([0.0, 28.0]), measured)
-    assert not near_measured(np.array([10.5, 0.0]), dict(list(measured.items())[:4]))  # too few to tell
 
 
 def test_the_parts_of_a_correction():
@@ -124,7 +112,7 @@ def test_a_part_is_kept_only_if_it_beats_off_by_the_margin_on_all_cells_and_both
         "a": "full", "b": "off"}
 
 
-def test_auto_probes_the_nearest_measured_context_and_predicts_with_its_choice(tmp_path):
+def test_the_probe_holds_out_the_nearest_measured_context_and_predicts_with_its_choice(tmp_path):
     adata = pf.datasets.synthetic(n_genes=50, n_atoms=3, n_combos=0, n_contexts=6, n_cells_per_group=30,
                                   n_control_cells=60, n_heldout_combos=0, seed=0)
     contexts = sorted(adata.obs["cell_type"].unique())
@@ -133,7 +121,7 @@ def test_auto_probes_the_nearest_measured_context_and_predicts_with_its_choice(t
     adata.obs["split"] = np.where(perturbed & (adata.obs["cell_type"] == new), "test", "train")
     pf.PerturbFlow.setup_anndata(adata, perturbation_key="perturbation", control_value="control",
                                  context_keys=["cell_type"], split_key="split")
-    model = pf.PerturbFlow(adata, n_latent=6, flow_steps_per_epoch=10, exact_mean="auto", new_context_flow="auto")
+    model = pf.PerturbFlow(adata, n_latent=6, flow_steps_per_epoch=10, exact_mean="auto", new_context_flow="probe")
     model.train(max_epochs=4, progress_bar=False)
 
     (held,) = model.new_context_parts  # the measured context nearest the new one, by control latents
@@ -173,11 +161,8 @@ def test_auto_probes_the_nearest_measured_context_and_predicts_with_its_choice(t
     assert np.allclose(again.layers["expected"], pred.layers["expected"], atol=1e-4)
     model.config.new_context_flow = "off"  # a fixed choice overrides the calibrated one
     assert model.new_context_choice(new) == "off" and model.correction_scale_in(new) == 0.0
-    # "near": the whole correction if the new context lies among the 5 measured ones, by the
-    # control latent means the model stored, whatever the probe chose
-    model.config.new_context_flow = "near"
-    stored = {c: model.control_latent_mean(c) for c in contexts}
-    near = near_measured(stored[new], {c: m for c, m in stored.items() if c != new})
-    assert model.new_context_choice(new) == ("full" if near else "off")
-    assert model.new_context_choice(new, mean=stored[held]) == "full"  # a measured context's own mean
-    assert model.new_context_choice(new, mean=stored[held] + 1e3) == "off"  # far from every measured one
+    # "auto": the whole correction, the training data having measured 5 contexts; off with fewer
+    model.config.new_context_flow = "auto"
+    assert model.new_context_choice(new) == "full" and model.correction_scale_in(new) == 1.0
+    model.measured_contexts = model.measured_contexts[:4]
+    assert model.new_context_choice(new) == "off" and model.correction_scale_in(new) == 0.0

@@ -86,23 +86,19 @@ class PerturbFlowConfig:
         context transfer's), ``"mean"`` (every cell moved by the correction's mean over the
         predicted cells of its perturbation), ``"shape"`` (the correction less that mean:
         the transfer sets the mean move, the flow, under its learned null context, how each
-        cell moves around it), ``"full"``, or ``"auto"``: when the training data hold
-        control cells of new contexts and at least 5 measured contexts, a probe flow is
-        fitted without the measured context nearest to each new one, each part of its
-        correction is scored there under the null context, and a new context gets the
-        choice of its nearest probed context (``"off"`` otherwise); ``"near"``: the whole
-        correction where the new context's control latent mean lies among the measured
-        contexts (no farther from the nearest of them than the median measured context is
-        from its own nearest; at least 5 measured contexts), ``"off"`` elsewhere, with no
-        probe (``perturbflow.train.near_measured``). With ``"auto"``, a part is chosen only
+        cell moves around it), ``"full"``, or ``"auto"``: ``"full"`` where the training data
+        measured at least 5 contexts (``perturbflow.train.MIN_CONTEXTS``), from which the
+        flow learns a null context that carries to a new one, ``"off"`` with fewer. On every
+        Kang fold over 3 seeds the whole transport cut the mean energy excess against the
+        flow off (benchmarks/RESULTS.md, "Session 21"); with two training contexts
+        (McFaline's lines, Norman's replicates) it costs. ``"probe"`` (the default of
+        sessions 7-20): a probe flow is fitted without the measured context nearest to each
+        new one, each part of its correction is scored there under the null context, and a
+        new context gets the choice of its nearest probed context, a part being chosen only
         if it cuts the latent energy distance to the held-out context's real cells by a
-        twentieth against ``"off"`` (a fifth before session 20, when the flow learned from
-        exact-OT pairs), on all of them and on both halves
-        (``perturbflow.train.best_parts``; the decoded scores are recorded too). The probe
-        is a second flow fit. Over 42 earlier Kang fold-runs this rule would have cut the
-        mean energy excess from 0.687 (session 8's rule: both spaces, no margin) to 0.633,
-        applying the mean on the FCGR3A+ monocyte folds (benchmarks/RESULTS.md, "Session
-        13").
+        twentieth against ``"off"`` on all of them and on both halves
+        (``perturbflow.train.best_parts``); it is a second flow fit, and one held-out
+        neighbour proved a poor stand-in for some cell types (B, dendritic cells).
     decode
         ``"delta"``: each predicted cell is its real source cell moved by the decoded change
         along its flow path (the decoder's reconstruction error cancels); ``"direct"``: the
@@ -190,7 +186,7 @@ class PerturbFlowConfig:
     context_bandwidth: Literal["local", "global"] = "local"
     context_dropout: float = 0.2
     centered_correction: bool = False
-    new_context_flow: Literal["auto", "near", "off", "mean", "shape", "full"] = "auto"
+    new_context_flow: Literal["auto", "probe", "off", "mean", "shape", "full"] = "auto"
     decode: Literal["delta", "direct"] = "delta"
     gene_offset: Literal["residual", "baseline", "prior_mean"] = "residual"
     cell_response: float = 1.0

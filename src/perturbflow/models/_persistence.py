@@ -110,6 +110,7 @@ def read_model(cls, path: Path):
         model.context_stats = meta["context_stats"]
         model.correction_scale = meta["correction_scale"]
         model.flow_contexts = meta.get("flow_contexts", list(model.context_stats))
+        model.measured_contexts = meta.get("measured_contexts", model.flow_contexts)
         model.new_context_parts = meta.get("new_context_parts", {})
         model.decoding_scores = meta.get("decoding_scores", {})
         model.flow = build_flow(model.config, len(model.atoms))
@@ -145,6 +146,7 @@ def _metadata(model) -> dict:
         "context_stats": model.context_stats,
         "correction_scale": model.correction_scale,
         "flow_contexts": model.flow_contexts,
+        "measured_contexts": model.measured_contexts,
         "new_context_parts": model.new_context_parts,
         "decoding_scores": model.decoding_scores,
     }

@@ -33,7 +33,7 @@ from perturbflow.models._transfer import ContextTransfer
 from perturbflow.nn import CountVAE
 from perturbflow.train import (
     DEFAULT_EVERY_N_STEPS,
-    near_measured,
+    MIN_CONTEXTS,
     nearest_context,
     new_context_exact_mean,
 )
@@ -94,6 +94,7 @@ class PerturbFlow:
         self.contexts = sorted(set(context_labels(adata, self.registry.context_keys)[fit_mask]))
         self.context_stats: dict[str, list[float]] = {}
         self.flow_contexts: list[str] = []  # contexts with perturbed cells in the flow's fit
+        self.measured_contexts: list[str] = []  # contexts with perturbed training cells
         self.new_context_parts: dict[str, str] = {}  # held-out context -> its part, for "auto"
         self.new_context_scores: dict = {}  # {context: {space: {part: energy: all cells, halves}}}
         self.decoding_scores: dict[str, dict[str, float]] = {}  # {measured context: {decoding: energy}}
@@ -213,7 +214,7 @@ class PerturbFlow:
         prediction is then the context transfer's). Without a baseline prior
         (``residual_prior=False``) the flow is the whole prediction and is always applied.
         ``mean``: the mean control latent of the context, for a context the model was not
-        trained with (``"auto"`` looks up the nearest held-out context with it).
+        trained with (``"probe"`` looks up the nearest held-out context with it).
         """
         if not self.config.residual_prior or context in self.flow_contexts:
             return self.correction_scale
@@ -234,20 +235,19 @@ class PerturbFlow:
     def new_context_choice(self, context: str, mean: np.ndarray | None = None) -> str:
         """What of the flow's correction ``new_context_flow`` applies in ``context`` if it is
         new to the flow: ``"off"``, ``"mean"``, ``"shape"`` or ``"full"``. With ``"auto"``,
-        the choice made on the held-out measured context nearest to it (by the mean of the
-        control latents; ``"off"`` when none was held out). With ``"near"``, ``"full"`` if the
-        context lies among the measured ones (:func:`~perturbflow.train.near_measured`)."""
+        ``"full"`` where the training data measured at least ``MIN_CONTEXTS`` contexts (from
+        which the flow learned its null context), ``"off"`` with fewer. With ``"probe"``, the
+        choice made on the held-out measured context nearest to it (by the mean of the
+        control latents; ``"off"`` when none was held out)."""
         setting = self.config.new_context_flow
-        if setting not in ("auto", "near"):
+        if setting == "auto":
+            return "full" if len(self.measured_contexts) >= MIN_CONTEXTS else "off"
+        if setting != "probe":
             return setting
-        if setting == "auto" and context in self.new_context_parts:
+        if context in self.new_context_parts:
             return self.new_context_parts[context]
         if mean is None and context in self.context_stats:
             mean = self.control_latent_mean(context)
-        if setting == "near":
-            measured = {c: self.control_latent_mean(c) for c in self.decoding_scores
-                        if c != context and c in self.context_stats}
-            return "full" if mean is not None and near_measured(np.asarray(mean), measured) else "off"
         if mean is None or not self.new_context_parts:
             return "off"
         near = nearest_context(np.asarray(mean), {c: self.control_latent_mean(c) for c in self.new_context_parts})

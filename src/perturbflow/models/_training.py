@@ -197,8 +197,9 @@ def train_model(
     # nearest to each new one, run there under its null context. The flow that predicts
     # is then fitted with that context.
     held_contexts = []
-    if model.config.new_context_flow == "auto" and model.config.residual_prior and not model.config.centered_correction:
-        measured = {names[g.context] for g in train_groups + val_groups}
+    measured = {names[g.context] for g in train_groups + val_groups}
+    model.measured_contexts = sorted(measured)
+    if model.config.new_context_flow == "probe" and model.config.residual_prior and not model.config.centered_correction:
         held_contexts = contexts_to_hold_out(
             {c: m for c, m in latent_controls.items() if c not in measured},
             {c: m for c, m in latent_controls.items() if c in measured},

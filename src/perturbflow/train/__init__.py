@@ -33,13 +33,13 @@ from perturbflow.train._groups import (
     gene_space_shifts,
 )
 from perturbflow.train._new_context import (
+    MIN_CONTEXTS,
     MIN_GAIN,
     NEW_CONTEXT_PARTS,
     GeneSpace,
     apply_part,
     best_parts,
     contexts_to_hold_out,
-    near_measured,
     nearest_context,
     new_context_scores,
 )
@@ -50,6 +50,7 @@ __all__ = [
     "CORRECTION_SCALES",
     "DECODINGS",
     "DEFAULT_EVERY_N_STEPS",
+    "MIN_CONTEXTS",
     "MIN_GAIN",
     "NEW_CONTEXT_PARTS",
     "FlowTrainingPlan",
@@ -76,7 +77,6 @@ __all__ = [
     "gene_space_shifts",
     "is_main_process",
     "is_unfinished_run",
-    "near_measured",
     "nearest_context",
     "new_context_exact_mean",
     "new_context_scores",

@@ -1,5 +1,7 @@
 """What of the flow's correction to apply in a context new to the flow, chosen on a training
-context held out of a probe flow's fit.
+context held out of a probe flow's fit (``new_context_flow="probe"``, the default of sessions
+7-20; since session 21 the default, ``"auto"``, applies the whole correction wherever at least
+``MIN_CONTEXTS`` contexts were measured).
 
 In a new cell type or line the flow runs under its learned null context, and whether its
 correction helps there depends on the context (benchmarks/RESULTS.md, "flow parts in new
@@ -28,7 +30,7 @@ from perturbflow.metrics import energy_distance
 
 NEW_CONTEXT_PARTS = ("off", "mean", "shape", "full")  # ties go to the earlier one
 MIN_GAIN = 0.05  # the share of "off"'s latent energy distance a part must cut to be applied
-MIN_CONTEXTS = 5  # measured contexts needed to hold one out whole (a fifth of them at most)
+MIN_CONTEXTS = 5  # measured contexts needed to apply the flow in a new one (and to hold one out for a probe)
 MAX_CELLS = 256  # cells per group in the energy distances
 N_PCS = 30  # principal components of the real cells in which gene-space distances are taken
 
@@ -71,22 +73,6 @@ def nearest_context(mean: np.ndarray, candidates: dict[str, np.ndarray]) -> str 
         return None
     names = sorted(candidates)
     return names[int(np.argmin([((candidates[c] - mean) ** 2).sum() for c in names]))]
-
-
-def near_measured(new_mean: np.ndarray, measured_means: dict[str, np.ndarray]) -> bool:
-    """Whether a new context lies among the measured ones: its control latent mean is no
-    farther from the nearest measured context's than the median measured context is from
-    its own nearest measured neighbour. ``False`` with fewer than ``MIN_CONTEXTS`` measured
-    contexts, where a typical neighbour distance cannot be told from one pair."""
-    if len(measured_means) < MIN_CONTEXTS:
-        return False
-    names = sorted(measured_means)
-
-    def nearest(mean: np.ndarray, exclude: str | None = None) -> float:
-        return min(float(np.linalg.norm(mean - measured_means[c])) for c in names if c != exclude)
-
-    typical = float(np.median([nearest(measured_means[c], exclude=c) for c in names]))
-    return nearest(np.asarray(new_mean)) <= typical
 
 
 def apply_part(base: np.ndarray, end: np.ndarray, part: str) -> np.ndarray:
