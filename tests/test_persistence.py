@@ -104,6 +104,16 @@ def test_folder_without_marker_still_loads(saved, tmp_path):
     assert model.is_trained
 
 
+def test_a_model_saved_when_auto_meant_the_probe_keeps_the_probe(saved, tmp_path):
+    """Before session 21 ``new_context_flow="auto"`` was the probe's choice; such a folder
+    (no ``measured_contexts``) loads with ``"probe"``, so its predictions do not change."""
+    assert pf.PerturbFlow.load(saved).config.new_context_flow == "auto"
+    folder = tmp_path / "session20_model"
+    shutil.copytree(saved, folder)
+    edit_json(lambda m: m.pop("measured_contexts"))(folder)
+    assert pf.PerturbFlow.load(folder).config.new_context_flow == "probe"
+
+
 def test_overwrite_replaces_the_folder_only_when_complete(trained_model, saved, tmp_path, monkeypatch):
     folder = tmp_path / "model"
     shutil.copytree(saved, folder)

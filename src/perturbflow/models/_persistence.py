@@ -111,6 +111,8 @@ def read_model(cls, path: Path):
         model.correction_scale = meta["correction_scale"]
         model.flow_contexts = meta.get("flow_contexts", list(model.context_stats))
         model.measured_contexts = meta.get("measured_contexts", model.flow_contexts)
+        if "measured_contexts" not in meta and model.config.new_context_flow == "auto":
+            model.config.new_context_flow = "probe"  # saved before session 21, when "auto" was the probe
         model.new_context_parts = meta.get("new_context_parts", {})
         model.decoding_scores = meta.get("decoding_scores", {})
         model.flow = build_flow(model.config, len(model.atoms))
