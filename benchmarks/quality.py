@@ -182,8 +182,8 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
         "applied_correction_scale": min(applied.get(c, 0.0) for c in held_out_contexts),
         "new_context_part": ",".join(sorted({parts[c] if applied.get(c) else "off" for c in held_out_contexts})),
         "new_context_scores": json.dumps(model.new_context_scores),  # the probe's, per held-out training context
-        "context_means": json.dumps({c: np.round(np.asarray(v[: len(v) // 2]), 4).tolist()  # each context's control latent mean
-                                     for c, v in model.context_stats.items()}),
+        "context_means": json.dumps({c: np.round(model.control_latent_mean(c).astype(np.float64), 4).tolist()
+                                     for c in model.context_stats}),  # each context's control latent mean
         "flow_contexts": ",".join(model.flow_contexts),  # the contexts whose perturbed cells the flow saw
         "exact_mean_applied": ",".join(sorted({str(pred.uns["perturbflow_prediction"]["exact_mean"].get(c))
                                                for c in held_out_contexts})),

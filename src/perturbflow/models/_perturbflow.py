@@ -95,7 +95,7 @@ class PerturbFlow:
         self.context_stats: dict[str, list[float]] = {}
         self.flow_contexts: list[str] = []  # contexts with perturbed cells in the flow's fit
         self.measured_contexts: list[str] = []  # contexts with perturbed training cells
-        self.new_context_parts: dict[str, str] = {}  # held-out context -> its part, for "auto"
+        self.new_context_parts: dict[str, str] = {}  # held-out context -> its part, for "probe"
         self.new_context_scores: dict = {}  # {context: {space: {part: energy: all cells, halves}}}
         self.decoding_scores: dict[str, dict[str, float]] = {}  # {measured context: {decoding: energy}}
 

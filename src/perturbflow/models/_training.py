@@ -192,7 +192,7 @@ def train_model(
             end = end - (end - z0 - prior).mean(0)
         return end
 
-    # In a context new to the flow, what of its correction to apply ("auto") is chosen with
+    # In a context new to the flow, what of its correction to apply ("probe") is chosen with
     # a probe: a flow fitted on every training group but those of the measured context
     # nearest to each new one, run there under its null context. The flow that predicts
     # is then fitted with that context.
