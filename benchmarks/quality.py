@@ -16,7 +16,9 @@ Each (fold, seed) trains the default model once and scores, on the same held-out
 - ablations of the same trained model: ``prior_only`` (the flow's correction off, the prior's
   latent shift decoded per cell), ``flow_full`` (the whole correction in every context) and
   ``flow_mean`` / ``flow_shape`` (in a context new to the flow, only the mean of its
-  correction, or only its shape: ``new_context_flow``); the decoding's bounds
+  correction, or only its shape: ``new_context_flow``), ``flow_own_context`` (the whole
+  correction, in a new context conditioned on its own control latents' statistics instead
+  of the learned null context: ``new_context_condition="own"``); the decoding's bounds
   ``exact_zeroing`` (``exact_mean=True`` everywhere: each group's mean kept where its cells'
   moves add up to) and ``mean_clipped`` (``exact_mean=False``: cells moved below 0 clipped
   without restoring the group's mean), and ``decoding_chosen`` (in a new context exact or
@@ -155,6 +157,10 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
         model.config.new_context_flow = part
         tables.append(scored_prediction(model, controls, task, seed, f"flow_{part}"))
     model.config.new_context_flow = config.get("new_context_flow", "auto")
+    with forced_correction(model, 1.0):  # the whole transport, under the new context's own statistics
+        model.config.new_context_condition = "own"
+        tables.append(scored_prediction(model, controls, task, seed, "flow_own_context"))
+        model.config.new_context_condition = config.get("new_context_condition", "null")
     chosen = model.config.exact_mean
     for forced, name in ((True, "exact_zeroing"), (False, "mean_clipped")):  # each decoding, everywhere
         model.config.exact_mean = forced

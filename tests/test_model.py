@@ -103,16 +103,17 @@ def test_not_set_up():
 
 
 def test_flow_correction_in_seen_and_new_contexts(trained_model, controls):
-    def predict(scale, flow_contexts, new_context_flow="shape"):
-        saved = trained_model.correction_scale, trained_model.flow_contexts, trained_model.config.new_context_flow
+    def predict(scale, flow_contexts, new_context_flow="shape", condition="null"):
+        config = trained_model.config
+        saved = trained_model.correction_scale, trained_model.flow_contexts, config.new_context_flow
         trained_model.correction_scale, trained_model.flow_contexts = scale, flow_contexts
-        trained_model.config.new_context_flow = new_context_flow
-        saved_exact, trained_model.config.exact_mean = trained_model.config.exact_mean, True  # alike everywhere
+        config.new_context_flow, config.new_context_condition = new_context_flow, condition
+        saved_exact, config.exact_mean = config.exact_mean, True  # alike everywhere
         try:
             return trained_model.predict(controls, perturbations=["G0"], seed=0)
         finally:
-            trained_model.correction_scale, trained_model.flow_contexts, trained_model.config.new_context_flow = saved
-            trained_model.config.exact_mean = saved_exact
+            trained_model.correction_scale, trained_model.flow_contexts, config.new_context_flow = saved
+            config.exact_mean, config.new_context_condition = saved_exact, "null"
 
     fitted = list(trained_model.flow_contexts)
     assert fitted, "the synthetic data has perturbed cells in its contexts"
@@ -134,6 +135,12 @@ def test_flow_correction_in_seen_and_new_contexts(trained_model, controls):
         np.testing.assert_allclose(move, np.broadcast_to(move[0], move.shape), atol=1e-5)
     np.testing.assert_allclose(shape.obsm["X_perturbflow"] + mean.obsm["X_perturbflow"] - z_prior,
                                full.obsm["X_perturbflow"], atol=1e-4)
+    # under its own control latents' statistics a new context is transported as a measured
+    # one is; under the null context, differently
+    own = predict(0.0, [], new_context_flow="full", condition="own")
+    np.testing.assert_allclose(own.obsm["X_perturbflow"], corrected.obsm["X_perturbflow"], atol=1e-5)
+    assert not np.allclose(full.obsm["X_perturbflow"], own.obsm["X_perturbflow"])
+    assert own.uns["perturbflow_prediction"]["new_context_condition"] == "own"
     # what was applied is recorded with the prediction, per context
     info = corrected.uns["perturbflow_prediction"]
     assert info["flow_correction"] == {c: 1.0 for c in fitted}

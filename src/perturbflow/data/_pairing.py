@@ -79,6 +79,37 @@ def pad_atoms(atom_ids: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+class _RandomPairs(NamedTuple):
+    """Sources and targets of a group drawn independently, with replacement."""
+
+    group: Group
+
+    def draw(self, z: np.ndarray, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        return z[rng.choice(self.group.source_idx, size)], z[rng.choice(self.group.target_idx, size)]
+
+
+class _PlannedPairs(NamedTuple):
+    """Pairs drawn from one of a group's exact OT plans, each a (source rows, target rows) pairing."""
+
+    plans: list[tuple[np.ndarray, np.ndarray]]
+
+    def draw(self, z: np.ndarray, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        src, tgt = self.plans[rng.integers(len(self.plans))]
+        pick = rng.choice(len(src), size, replace=len(src) < size)
+        return z[src[pick]], z[tgt[pick]]
+
+
+class _MappedPairs(NamedTuple):
+    """Drawn control latents of a group, each paired with its image under the group's map."""
+
+    group: Group
+    transport: GaussianMap
+
+    def draw(self, z: np.ndarray, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        x_0 = z[rng.choice(self.group.source_idx, size)]
+        return x_0, self.transport(x_0).astype(np.float32)
+
+
 class PairedSetDataset(Dataset):
     """Sets of ``set_size`` control latents paired with as many perturbed latents of one group.
 
@@ -124,8 +155,14 @@ class PairedSetDataset(Dataset):
         self._process: tuple[int, int] | None = None  # (rank, worker) of self._draws
         self._draws = self.rng
         self.atoms = pad_atoms([g.atom_ids for g in groups])
-        self.plans = [self._plans(g) for g in groups] if coupling == "ot" else None
-        self.maps = [self._map(g) for g in groups] if coupling == "gaussian" else None
+        self.couplings = [self._coupling(g) for g in groups]  # each group's pairs, drawn per item
+
+    def _coupling(self, group: Group) -> _RandomPairs | _PlannedPairs | _MappedPairs:
+        if self.coupling == "ot":
+            return _PlannedPairs(self._plans(group))
+        if self.coupling == "gaussian":
+            return _MappedPairs(group, self._map(group))
+        return _RandomPairs(group)
 
     def _plans(self, group: Group) -> list[tuple[np.ndarray, np.ndarray]]:
         """``N_PLANS`` (source rows, target rows) pairings of the group, each an exact OT plan."""
@@ -158,21 +195,11 @@ class PairedSetDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         rng = self._stream()
         g = rng.integers(len(self.groups))
-        group = self.groups[g]
-        if self.maps is not None:
-            src = rng.choice(group.source_idx, self.set_size)
-            x_1 = self.maps[g](self.z[src]).astype(np.float32)
-        elif self.plans is None:
-            src = rng.choice(group.source_idx, self.set_size)
-            tgt = rng.choice(group.target_idx, self.set_size)
-        else:
-            src, tgt = self.plans[g][rng.integers(self.N_PLANS)]
-            pick = rng.choice(len(src), self.set_size, replace=len(src) < self.set_size)
-            src, tgt = src[pick], tgt[pick]
+        x_0, x_1 = self.couplings[g].draw(self.z, rng, self.set_size)
         return {
-            "x_0": torch.from_numpy(self.z[src]),  # (S, D)
-            "x_1": torch.from_numpy(x_1 if self.maps is not None else self.z[tgt]),  # (S, D)
+            "x_0": torch.from_numpy(x_0),  # (S, D)
+            "x_1": torch.from_numpy(x_1),  # (S, D)
             "atoms": torch.from_numpy(self.atoms[g]),
-            "context": torch.from_numpy(self.context_stats[group.context]),
-            "prior": torch.from_numpy(group.prior.astype(np.float32)),
+            "context": torch.from_numpy(self.context_stats[self.groups[g].context]),
+            "prior": torch.from_numpy(self.groups[g].prior.astype(np.float32)),
         }

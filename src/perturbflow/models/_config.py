@@ -100,6 +100,11 @@ class PerturbFlowConfig:
         twentieth against ``"off"`` on all of them and on both halves
         (``perturbflow.train.best_parts``); it is a second flow fit, and one held-out
         neighbour proved a poor stand-in for some cell types (B, dendritic cells).
+    new_context_condition
+        The context the flow is conditioned on where it runs in a context new to it:
+        ``"null"`` (the learned null context of context dropout) or ``"own"`` (the
+        statistics of the new context's own control latents, through the context encoder
+        fitted on the measured contexts).
     decode
         ``"delta"``: each predicted cell is its real source cell moved by the decoded change
         along its flow path (the decoder's reconstruction error cancels); ``"direct"``: the
@@ -188,6 +193,7 @@ class PerturbFlowConfig:
     context_dropout: float = 0.2
     centered_correction: bool = False
     new_context_flow: Literal["auto", "probe", "off", "mean", "shape", "full"] = "auto"
+    new_context_condition: Literal["null", "own"] = "null"
     decode: Literal["delta", "direct"] = "delta"
     gene_offset: Literal["residual", "baseline", "prior_mean"] = "residual"
     cell_response: float = 1.0

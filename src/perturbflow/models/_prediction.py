@@ -87,7 +87,7 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
             if scale or return_path:
                 end, path = transport_sets(
                     model, z0_all[rows_c], atom_ids, stats, torch.from_numpy(prior), n_steps, solver, return_path,
-                    c not in model.flow_contexts,
+                    c not in model.flow_contexts and model.config.new_context_condition == "null",
                 )
             # the flow's move beyond the prior: all of it, its mean or its shape (less the mean)
             correction = apply_part(base, end, "full" if part == "all" else part) - base
@@ -125,6 +125,7 @@ def predict_cells(model, control_adata, perturbations, n_steps, seed, n_cells, s
         "backbone": model.config.backbone,
         "flow_correction": applied,
         "flow_correction_part": parts,
+        "new_context_condition": model.config.new_context_condition,
         "context_bandwidth": bandwidths,
         "gene_offset": model.config.gene_offset if model.config.residual_prior else "none",
         "exact_mean": {c: (e if moves else False) for c, e in exact.items()},
