@@ -178,7 +178,7 @@ def run_task(task, backbone: str, seed: int, config: dict, ablation: bool = Fals
         flow_only = pf.PerturbFlow(adata, backbone=backbone, **{**config, "residual_prior": False})
         flow_only.train(seed=seed, progress_bar=False)
         tables.append(score(flow_only.predict(controls, task.perturbations, seed=seed), task, seed, "flow_only"))
-    n_params = sum(p.numel() for p in model.flow.backbone.parameters())
+    n_params = sum(p.numel() for f in getattr(model.flow, "members", [model.flow]) for p in f.backbone.parameters())
     transfer = model.gene_prior.transfer
     applied = pred.uns["perturbflow_prediction"]["flow_correction"]
     parts = pred.uns["perturbflow_prediction"]["flow_correction_part"]

@@ -18,6 +18,7 @@ __all__ = [
     "straightness",
     "target_velocity",
 ]
+from perturbflow.flow._ensemble import FlowEnsemble
 from perturbflow.flow._module import LatentFlowModule
 
-__all__ += ["LatentFlowModule"]
+__all__ += ["FlowEnsemble", "LatentFlowModule"]

@@ -7,11 +7,11 @@ from torch import nn
 
 from perturbflow.backbones import build_backbone
 from perturbflow.flow._loss import rectified_flow_loss
-from perturbflow.flow._solvers import Solver, integrate
+from perturbflow.flow._transport import Transports
 from perturbflow.nn import ContextEncoder, PerturbationEncoder
 
 
-class LatentFlowModule(nn.Module):
+class LatentFlowModule(Transports, nn.Module):
     """Conditional rectified flow in the VAE's latent space.
 
     The condition is the concatenation of the perturbation encoding (deep sets over atoms),
@@ -69,26 +69,10 @@ class LatentFlowModule(nn.Module):
         cond = self.condition(atoms, context, prior, drop)  # (B, C)
         return rectified_flow_loss(self.velocity_field(cond, prior), x_0, x_1)
 
-    @torch.no_grad()
-    def transport(
-        self,
-        x_0: torch.Tensor,
-        atoms: torch.Tensor,
-        context: torch.Tensor,
-        prior: torch.Tensor,
-        n_steps: int = 20,
-        solver: Solver = "midpoint",
-        return_path: bool = False,
-        new_context: bool = False,
+    def conditioned_velocity(
+        self, atoms: torch.Tensor, context: torch.Tensor, prior: torch.Tensor, new_context: bool = False
     ):
-        """Integrate sets ``x_0`` of shape ``(B, S, D)`` from t=0 to t=1 under the condition
-        (under the null context when ``new_context``)."""
-        null = torch.full((x_0.shape[0],), new_context, dtype=torch.bool, device=x_0.device)
-        cond = self.condition(atoms, context, prior, null)  # (B, C)
-        return integrate(
-            self.velocity_field(cond, prior),
-            x_0,
-            n_steps=n_steps,
-            solver=solver,
-            return_path=return_path,
-        )
+        """The velocity ``(x_t, t) -> v_t`` of sets under their condition (under the null context
+        when ``new_context``)."""
+        null = torch.full((atoms.shape[0],), new_context, dtype=torch.bool, device=atoms.device)
+        return self.velocity_field(self.condition(atoms, context, prior, null), prior)

@@ -53,6 +53,10 @@ class PerturbFlowConfig:
         about 2x faster (Norman: 67 s against 116-132 s), but the flow's mean move in a new
         cell type then helped less often, at 1,000 steps or 2,000 (benchmarks/RESULTS.md,
         "Session 9"), so it is not the default.
+    flow_ensemble
+        Flows fitted from different seeds (member ``k`` from ``seed + 10000 k``), whose mean
+        velocity carries the cells (:class:`~perturbflow.flow.FlowEnsemble`): each fit's own
+        error averages out. ``K`` members take ``K`` times the flow's training.
     flow_lr
         Learning rate of the flow.
     ema_decay
@@ -185,6 +189,7 @@ class PerturbFlowConfig:
     flow_batch_size: int = 8
     flow_steps_per_epoch: int = 50
     flow_max_epochs: int = 40
+    flow_ensemble: int = 1
     flow_lr: float = 1e-3
     ema_decay: float = 0.995
     residual_prior: bool = True
@@ -208,6 +213,8 @@ class PerturbFlowConfig:
     def __post_init__(self):
         from perturbflow._errors import PerturbFlowError
 
+        if not isinstance(self.flow_ensemble, int) or isinstance(self.flow_ensemble, bool) or self.flow_ensemble < 1:
+            raise PerturbFlowError(f"flow_ensemble={self.flow_ensemble!r} is not a whole number of at least 1")
         for name, kind in get_type_hints(type(self)).items():
             choices = get_args(kind) if get_origin(kind) is Literal else ()
             if name == "exact_mean":

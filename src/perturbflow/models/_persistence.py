@@ -28,7 +28,7 @@ from perturbflow._errors import PerturbFlowError
 from perturbflow.data import DataRegistry
 from perturbflow.models._prior import BaselinePrior
 from perturbflow.nn import CountVAE
-from perturbflow.train import build_flow, is_unfinished_run
+from perturbflow.train import build_model_flow, is_unfinished_run
 
 CONFIG_FILE = "perturbflow.json"
 FLOW_FILE = "flow.pt"
@@ -102,7 +102,7 @@ def read_model(cls, path: Path):
             raise PerturbFlowError(f"model folder {path} is damaged: {name} is missing")
 
     with _reading(path, "the model description holds invalid values", CONFIG_FILE):
-        model = cls(None, **meta["config"])
+        model = cls(None, **{"flow_ensemble": 1, **meta["config"]})  # one flow, if saved before ensembles
         model.registry = DataRegistry.from_dict(meta["registry"])
         model.genes = meta["genes"]
         model.atoms = meta["atoms"]
@@ -115,7 +115,7 @@ def read_model(cls, path: Path):
             model.config.new_context_flow = "probe"  # saved before session 21, when "auto" was the probe
         model.new_context_parts = meta.get("new_context_parts", {})
         model.decoding_scores = meta.get("decoding_scores", {})
-        model.flow = build_flow(model.config, len(model.atoms))
+        model.flow = build_model_flow(model.config, len(model.atoms))
     with _reading(path, "the VAE could not be read", f"{VAE_DIR}/"):
         model.vae = CountVAE.load(path / VAE_DIR, model.genes, model.config.vae_decoder)
     with _reading(path, "the latent baseline shifts could not be read", LATENT_PRIOR_FILE):
@@ -129,7 +129,8 @@ def read_model(cls, path: Path):
         model.config.gene_offset = "baseline"
     with _reading(path, "the flow weights could not be read", FLOW_FILE):
         state = torch.load(path / FLOW_FILE, map_location="cpu", weights_only=True)
-        state.setdefault("null_context", torch.zeros_like(model.flow.null_context))  # saved before it existed
+        if model.config.flow_ensemble == 1:  # saved before the null context existed: its zeros
+            state.setdefault("null_context", torch.zeros_like(model.flow.null_context))
     with _reading(path, "the flow weights do not match the model description", FLOW_FILE):
         model.flow.load_state_dict(state)
     model.flow.eval()

@@ -20,6 +20,7 @@ from perturbflow.data import (
     read_rows,
     split_labels,
 )
+from perturbflow.flow import FlowEnsemble
 from perturbflow.models._prediction import (
     decode_moves,
     gene_reference,
@@ -44,6 +45,7 @@ from perturbflow.train import (
     decoding_scores,
     digest,
     fit_flow,
+    fit_flows,
     fit_vae,
     new_context_scores,
     open_run,
@@ -219,11 +221,18 @@ def train_model(
                     ", ".join(f"{c}: {p}" for c, p in model.new_context_parts.items()))
     # the flow's correction is calibrated only in contexts whose perturbed cells it saw
     model.flow_contexts = sorted({names[g.context] for g in fitting})
-    model.flow = fit_flow(model.config, len(model.atoms), fitting, val_groups, **fit)
+    model.flow = fit_flows(model.config, len(model.atoms), fitting, val_groups,
+                           stage_of=lambda name: run.stage(name) if run else None,
+                           **{k: v for k, v in fit.items() if k != "stage"})
     if model.config.reflow_steps:  # a second rectification on the flow's own couplings
-        model.flow = reflow(model.flow, model.config, fitting, z_all, stats, model.config.reflow_steps,
-                           accelerator=accelerator, devices=devices, seed=seed, progress_bar=progress_bar,
-                           strategy=strategy, precision=precision)
+
+        def rectified(flow):
+            return reflow(flow, model.config, fitting, z_all, stats, model.config.reflow_steps,
+                          accelerator=accelerator, devices=devices, seed=seed, progress_bar=progress_bar,
+                          strategy=strategy, precision=precision)
+
+        members = getattr(model.flow, "members", None)
+        model.flow = FlowEnsemble([rectified(m) for m in members]) if members else rectified(model.flow)
     elapsed = time.perf_counter() - start
     n_steps = model.config.flow_steps_per_epoch * (flow_max_epochs or max_epochs or model.config.flow_max_epochs)
     logger.info("stage 2 done in %.0f s (%.0f cells/s over %d steps)", elapsed,

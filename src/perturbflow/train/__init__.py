@@ -23,7 +23,7 @@ from perturbflow.train._decoding_choice import (
     fitted_share,
     new_context_exact_mean,
 )
-from perturbflow.train._fit_flow import build_flow, fit_flow
+from perturbflow.train._fit_flow import build_flow, build_model_flow, fit_flow, fit_flows
 from perturbflow.train._fit_vae import fit_vae
 from perturbflow.train._groups import (
     build_groups,
@@ -60,6 +60,7 @@ __all__ = [
     "best_parts",
     "build_flow",
     "build_groups",
+    "build_model_flow",
     "calibration_split",
     "cells_by_group",
     "choose_correction_scale",
@@ -71,6 +72,7 @@ __all__ = [
     "decoding_scores",
     "digest",
     "fit_flow",
+    "fit_flows",
     "fit_vae",
     "fitted_share",
     "flow_couplings",

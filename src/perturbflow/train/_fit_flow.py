@@ -12,11 +12,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from perturbflow.data import Group, PairedSetDataset
-from perturbflow.flow import LatentFlowModule
+from perturbflow.flow import FlowEnsemble, LatentFlowModule
 from perturbflow.train._checkpoints import RecordedDraws, Stage, stage_trainer_kwargs
 from perturbflow.train._plan import FlowTrainingPlan
 
 FLOW_WEIGHTS = "flow.pt"  # of a finished flow stage
+ENSEMBLE_SEED_STRIDE = 10_000  # member k of a flow ensemble is fitted from seed + k * this
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,26 @@ def build_flow(config, n_atoms: int) -> LatentFlowModule:
         atom_pooling=config.atom_pooling,
         context_dropout=config.context_dropout,
     )
+
+
+def build_model_flow(config, n_atoms: int) -> LatentFlowModule | FlowEnsemble:
+    """A model's untrained flow: one module, or an ensemble of ``config.flow_ensemble``."""
+    if config.flow_ensemble == 1:
+        return build_flow(config, n_atoms)
+    return FlowEnsemble([build_flow(config, n_atoms) for _ in range(config.flow_ensemble)])
+
+
+def fit_flows(config, n_atoms: int, train_groups: list[Group], val_groups: list[Group], seed: int = 0,
+              stage_of=lambda name: None, **fit) -> LatentFlowModule | FlowEnsemble:
+    """The model's flow fitted by :func:`fit_flow`: one, or ``config.flow_ensemble`` members,
+    member ``k`` from ``seed + ENSEMBLE_SEED_STRIDE * k`` in the run's stage ``flow`` (the
+    first) or ``flow_k`` (``stage_of`` gives a stage by name)."""
+    members = [
+        fit_flow(config, n_atoms, train_groups, val_groups, seed=seed + ENSEMBLE_SEED_STRIDE * k,
+                 stage=stage_of("flow" if k == 0 else f"flow_{k}"), **fit)
+        for k in range(config.flow_ensemble)
+    ]
+    return members[0] if len(members) == 1 else FlowEnsemble(members)
 
 
 def flow_trainer(accelerator, devices, strategy, precision, progress_bar: bool, callbacks: list,
