@@ -48,15 +48,18 @@ class PerturbFlowConfig:
     flow_steps_per_epoch
         Training steps of the flow per epoch.
     flow_max_epochs
-        Epochs of the flow when ``train`` is given no epochs. Half of them with the ``mlp``
-        backbone at width 128 (``backbone_kwargs={"d_model": 128}``) trains the whole model
-        about 2x faster (Norman: 67 s against 116-132 s), but the flow's mean move in a new
-        cell type then helped less often, at 1,000 steps or 2,000 (benchmarks/RESULTS.md,
-        "Session 9"), so it is not the default.
+        Epochs of each of the flow's ``flow_ensemble`` fits when ``train`` is given no epochs.
+        Half of them with the ``mlp`` backbone at width 128 (``backbone_kwargs={"d_model":
+        128}``) trains the whole model about 2x faster (Norman: 67 s against 116-132 s), but
+        the flow's mean move in a new cell type then helped less often, at 1,000 steps or
+        2,000 (benchmarks/RESULTS.md, "Session 9"), so it is not the default.
     flow_ensemble
         Flows fitted from different seeds (member ``k`` from ``seed + 10000 k``), whose mean
         velocity carries the cells (:class:`~perturbflow.flow.FlowEnsemble`): each fit's own
-        error averages out. ``K`` members take ``K`` times the flow's training.
+        error averages out. ``K`` members take ``K`` times one member's training. The default,
+        two members of 20 epochs, costs what one flow of 40 epochs (the default until session
+        22) did and cut the Kang folds' mean energy excess from 0.485 to 0.458 over seeds 0-1
+        (benchmarks/RESULTS.md, "Session 23").
     flow_lr
         Learning rate of the flow.
     ema_decay
@@ -188,8 +191,8 @@ class PerturbFlowConfig:
     coupling: Literal["ot", "random", "gaussian"] = "gaussian"
     flow_batch_size: int = 8
     flow_steps_per_epoch: int = 50
-    flow_max_epochs: int = 40
-    flow_ensemble: int = 1
+    flow_max_epochs: int = 20
+    flow_ensemble: int = 2
     flow_lr: float = 1e-3
     ema_decay: float = 0.995
     residual_prior: bool = True

@@ -234,7 +234,8 @@ def train_model(
         members = getattr(model.flow, "members", None)
         model.flow = FlowEnsemble([rectified(m) for m in members]) if members else rectified(model.flow)
     elapsed = time.perf_counter() - start
-    n_steps = model.config.flow_steps_per_epoch * (flow_max_epochs or max_epochs or model.config.flow_max_epochs)
+    n_steps = (model.config.flow_steps_per_epoch * model.config.flow_ensemble
+               * (flow_max_epochs or max_epochs or model.config.flow_max_epochs))
     logger.info("stage 2 done in %.0f s (%.0f cells/s over %d steps)", elapsed,
                 n_steps * model.config.flow_batch_size * model.config.set_size / max(elapsed, 1e-9), n_steps)
     if calibration:
