@@ -7,6 +7,7 @@ Usage::
     python benchmarks/report.py results/quality.csv --folds     # mean and spread over seeds, per fold
     python benchmarks/report.py A.csv B.csv --folds            # the runs of several files together
     python benchmarks/report.py results/backbones_folds.csv --rank  # the backbones ranked on the folds
+    python benchmarks/report.py A.csv B.csv --rank  # on the folds and seeds every backbone ran
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ def rank(*paths: str) -> None:
     (``flow_full``: the whole correction applied in every context; ``flow_mean``: its mean
     move in a new context), each with the default prediction, the prior alone (the same for every backbone: what the flow is measured
     against), training time and size. Cells: mean over folds (and seeds) of top-20 Pearson
-    delta / energy excess over the floor; the rank is by ``flow_full``'s energy excess."""
+    delta / energy excess over the floor; the rank is by ``flow_full``'s energy excess. Only
+    the (fold, seed) runs that every backbone has are counted."""
     df = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
     df["energy_excess"] = df["energy_distance"] - df["energy_floor"]
     for command in dict.fromkeys(df["command"]):
@@ -138,8 +140,11 @@ def rank(*paths: str) -> None:
         return rows["pearson_delta_top20"].mean(), rows["energy_excess"].mean()
 
     for dataset, part in df.groupby("dataset", sort=False):
+        runs = part[part["model"] == "perturbflow"].groupby("backbone")[["task", "seed"]]
+        shared = set.intersection(*(set(map(tuple, r.values)) for _, r in runs))  # (fold, seed) of every backbone
+        part = part[[(t, s) in shared for t, s in zip(part["task"], part["seed"])]]
         n_folds, seeds = part["task"].nunique(), sorted(int(s) for s in part["seed"].unique())
-        print(f"### {dataset}: {n_folds} fold(s), seeds {seeds}, mean over them\n")
+        print(f"### {dataset}: {n_folds} fold(s), seeds {seeds} that every backbone ran, mean over them\n")
         rows = []
         for backbone, mine in part.groupby("backbone", sort=False):
             timing = mine[mine["model"] == "perturbflow"]
