@@ -49,17 +49,19 @@ class PerturbFlowConfig:
         Training steps of the flow per epoch.
     flow_max_epochs
         Epochs of each of the flow's ``flow_ensemble`` fits when ``train`` is given no epochs.
-        Half of them with the ``mlp`` backbone at width 128 (``backbone_kwargs={"d_model":
-        128}``) trains the whole model about 2x faster (Norman: 67 s against 116-132 s), but
-        the flow's mean move in a new cell type then helped less often, at 1,000 steps or
-        2,000 (benchmarks/RESULTS.md, "Session 9"), so it is not the default.
+        With one flow (the default until session 22), 20 epochs instead of 40 and the ``mlp``
+        backbone at width 128 (``backbone_kwargs={"d_model": 128}``) trained the whole model
+        about 2x faster (Norman: 67 s against 116-132 s), but the flow's mean move in a new
+        cell type then helped less often (benchmarks/RESULTS.md, "Session 9"), so width 128
+        is not the default.
     flow_ensemble
         Flows fitted from different seeds (member ``k`` from ``seed + 10000 k``), whose mean
         velocity carries the cells (:class:`~perturbflow.flow.FlowEnsemble`): each fit's own
         error averages out. ``K`` members take ``K`` times one member's training. The default,
         two members of 20 epochs, costs what one flow of 40 epochs (the default until session
-        22) did and cut the Kang folds' mean energy excess from 0.485 to 0.458 over seeds 0-1
-        (benchmarks/RESULTS.md, "Session 23").
+        22) did and cut the Kang folds' mean energy excess from 0.465 to 0.449 over seeds 0-2
+        (0.485 to 0.458 on seeds 0-1, 0.009 worse on seed 2; benchmarks/RESULTS.md,
+        "Session 23").
     flow_lr
         Learning rate of the flow.
     ema_decay
