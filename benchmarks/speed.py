@@ -69,7 +69,8 @@ def main() -> None:
     model = pf.PerturbFlow(adata, backbone=args.backbone, **config)
     stages = Timers()  # perturbflow's training split: stage 1 (the VAE) and stage 2 (every flow fit)
     stages.wrap(_training, "fit_vae", "vae_s")
-    stages.wrap(_training, "fit_flow", "flow_s")
+    stages.wrap(_training, "fit_flow", "flow_s")  # a probe flow, where one is fitted
+    stages.wrap(_training, "fit_flows", "flow_s")  # the flow, or every member of the ensemble
     start = time.perf_counter()
     model.train(progress_bar=False)
     pf_train = time.perf_counter() - start
