@@ -166,17 +166,62 @@ def test_ot_sets_pair_cells_closer_than_random_or_small_batch_ot():
 def test_gaussian_map_recovers_an_affine_map_with_a_symmetric_positive_matrix():
     # x1 = B x0 + c with B symmetric positive definite is the gradient of a convex function, so
     # it is the optimal map; the sample covariances obey S1 = B S0 B exactly, so the
-    # Gaussian formula returns B itself
+    # Gaussian formula returns B itself, up to the (here small) shrinkage of S1 towards S0
     from perturbflow.data import gaussian_map
+    from perturbflow.data._pairing import covariance_shrinkage
 
     rng = np.random.default_rng(1)
-    x0 = rng.normal(size=(300, 5)) @ rng.normal(size=(5, 5))
+    x0 = rng.normal(size=(3000, 5)) @ rng.normal(size=(5, 5))
     q = np.linalg.qr(rng.normal(size=(5, 5)))[0]
     b = q @ np.diag([0.5, 0.8, 1.0, 1.5, 2.0]) @ q.T
     c = rng.normal(size=5)
-    transport = gaussian_map(x0, x0 @ b.T + c)
-    np.testing.assert_allclose(transport.a, b, atol=1e-8)
-    np.testing.assert_allclose(transport(x0), x0 @ b.T + c, atol=1e-8)
+    x1 = x0 @ b.T + c
+    assert covariance_shrinkage(x1, np.cov(x0, rowvar=False)) < 0.01
+    transport = gaussian_map(x0, x1)
+    np.testing.assert_allclose(transport.a, b, atol=0.02)
+    np.testing.assert_allclose(transport(x0).mean(0), x1.mean(0), atol=1e-8)
+
+
+def test_covariance_shrinkage_is_ledoit_wolf_towards_the_target():
+    """The intensity is the summed sampling variance of the covariance's entries (each
+    cell's outer product's spread around it, over n squared) over the squared distance to
+    the target: checked against the sum written out cell by cell, and at its two ends."""
+    from perturbflow.data._pairing import covariance_shrinkage, shrunk_covariance
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 6)) * np.linspace(0.5, 2.0, 6)
+    target = np.eye(6)
+    y = x - x.mean(0)
+    s = y.T @ y / len(x)
+    spread = sum(((np.outer(r, r) - s) ** 2).sum() for r in y) / len(x) ** 2
+    expected = min(1.0, spread / ((s - target) ** 2).sum())
+    assert covariance_shrinkage(x, target) == pytest.approx(expected, rel=1e-10)
+    lam = covariance_shrinkage(x, target)
+    np.testing.assert_allclose(shrunk_covariance(x, target), lam * target + (1 - lam) * np.cov(x, rowvar=False))
+    # a few cells of the target's own distribution: nearly all target; many of another: nearly none
+    assert covariance_shrinkage(rng.normal(size=(35, 20)), np.eye(20)) > 0.8
+    assert covariance_shrinkage(rng.normal(size=(20000, 6)) * np.linspace(0.5, 2.0, 6), target) < 0.01
+
+
+def test_gaussian_map_of_a_small_shifted_group_is_nearly_the_shift():
+    """35 perturbed cells drawn like the controls, shifted: their sample covariance's noise
+    would make the unshrunk map move every cell far from its shifted self; shrunk towards
+    the controls' covariance the map stays near the shift (benchmarks/RESULTS.md, "Session 26")."""
+    from perturbflow.data import gaussian_map
+    from perturbflow.data._pairing import _sqrt_psd
+
+    rng = np.random.default_rng(4)
+    x0, x1 = rng.normal(size=(256, 20)), rng.normal(size=(35, 20)) + 1.0
+    shrunk = gaussian_map(x0, x1)
+    s_0, s_1 = np.cov(x0, rowvar=False), np.cov(x1, rowvar=False)
+    root, inv_root = _sqrt_psd(s_0), _sqrt_psd(s_0, inverse=True)
+    unshrunk = inv_root @ _sqrt_psd(root @ s_1 @ root) @ inv_root
+
+    def move_beyond_shift(a):
+        return np.sqrt(((((x0 - x0.mean(0)) @ (a - np.eye(20)).T) ** 2).sum(1)).mean())
+
+    assert move_beyond_shift(shrunk.a) < 0.5
+    assert move_beyond_shift(unshrunk) > 4 * move_beyond_shift(shrunk.a)
 
 
 def test_gaussian_sets_move_a_shifted_group_by_about_its_shift():

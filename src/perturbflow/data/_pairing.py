@@ -60,14 +60,48 @@ def gaussian_map(x_0: np.ndarray, x_1: np.ndarray) -> GaussianMap:
     A shift where the two covariances agree, an affine, state-dependent move where they do
     not; estimated from the two clouds' first two moments rather than from each cell's
     partner in an empirical plan, whose moves carry the plan's own sampling error (large in
-    a 20-dimensional latent: benchmarks/RESULTS.md, "Session 20"). A side with no more cells
-    than dimensions has no full-rank covariance: the map is then the shift of the means."""
+    a 20-dimensional latent: benchmarks/RESULTS.md, "Session 20").
+
+    ``S_1`` is the perturbed cells' covariance shrunk towards the control cells' by
+    :func:`shrunk_covariance`: a perturbation measured in a few dozen cells has a sample
+    covariance whose eigenvalues spread far from the true ones (in 20 dimensions and 35
+    cells, from about a twentieth to three times), and the unshrunk map turned that noise
+    into large moves of every cell, which the flow learned group by group and carried
+    nowhere else (benchmarks/RESULTS.md, "Session 26"). A side with no more cells than
+    dimensions has no full-rank covariance: the map is then the shift of the means."""
     m_0, m_1 = x_0.mean(0), x_1.mean(0)
     if min(len(x_0), len(x_1)) <= x_0.shape[1]:  # too few cells for a covariance: the shift alone
         return GaussianMap(m_0, m_1, np.eye(x_0.shape[1]))
-    s_0, s_1 = np.atleast_2d(np.cov(x_0, rowvar=False)), np.atleast_2d(np.cov(x_1, rowvar=False))
+    s_0 = np.atleast_2d(np.cov(x_0, rowvar=False))
+    s_1 = shrunk_covariance(x_1, s_0)
     root, inv_root = _sqrt_psd(s_0), _sqrt_psd(s_0, inverse=True)
     return GaussianMap(m_0, m_1, inv_root @ _sqrt_psd(root @ s_1 @ root) @ inv_root)
+
+
+def covariance_shrinkage(x: np.ndarray, target: np.ndarray) -> float:
+    """The Ledoit-Wolf intensity with which the sample covariance of the rows of ``x`` is
+    shrunk towards ``target``: the summed sampling variance of its entries over its summed
+    squared distance from ``target``, clipped to ``[0, 1]`` (Ledoit & Wolf 2004, lemma 3.3
+    and theorem 3.1, with a general target in place of a scaled identity).
+
+    The sampling variance is estimated from the cells themselves,
+    ``sum_k ||y_k y_k^T - S||_F^2 / n^2`` with ``y_k`` the centred rows and ``S`` their
+    covariance (divided by ``n``): a handful of cells in many dimensions gives 1 (the
+    target), many cells whose covariance differs from the target give near 0."""
+    n = len(x)
+    y = x - x.mean(0)
+    s = y.T @ y / n
+    norms = (y * y).sum(1)
+    spread = float((norms**2 - 2 * np.einsum("ki,ij,kj->k", y, s, y) + (s * s).sum()).sum()) / n**2
+    distance = float(((s - target) ** 2).sum())
+    return 1.0 if distance <= 0 else float(np.clip(spread / distance, 0.0, 1.0))
+
+
+def shrunk_covariance(x: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The covariance of the rows of ``x`` shrunk towards ``target`` by
+    :func:`covariance_shrinkage`: ``lam * target + (1 - lam) * S``."""
+    lam = covariance_shrinkage(x, target)
+    return lam * target + (1 - lam) * np.atleast_2d(np.cov(x, rowvar=False))
 
 
 def pad_atoms(atom_ids: list[np.ndarray]) -> np.ndarray:
