@@ -42,7 +42,10 @@ class PerturbFlowConfig:
         from an exact optimal-transport plan between up to 256 cells of each side of the
         whole group), ``"random"``, or ``"gaussian"`` (each control latent paired with its image
         under the optimal-transport map between normals fitted to the group's two sides, a
-        shift where their covariances agree and an affine move where they do not).
+        shift where their covariances agree and an affine move where they do not; the
+        perturbed side's covariance shrunk towards the controls' by Ledoit-Wolf, so that a
+        group of a few dozen cells is not given moves made of its covariance's sampling
+        noise: benchmarks/RESULTS.md, "Session 26").
     flow_batch_size
         Sets per training step of the flow.
     flow_steps_per_epoch
