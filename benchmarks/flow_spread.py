@@ -3,14 +3,16 @@
 Usage (from the repository root, with ../shared/data beside it)::
 
     python benchmarks/flow_spread.py --tasks norman_replicates --seeds 0 1 2
-    python benchmarks/report.py benchmarks/results/flow_spread.csv --folds
 
 Each (fold, seed) trains the default model once (as ``quality.py`` does) and scores, on the
 same held-out real cells, its predictions with the flow's correction in the new context set
 to each part (``new_context_flow``: ``off``, ``mean``, ``shape``, ``full``) and each cell's
 own decoded change beyond its group's mean kept whole, halved or dropped (``cell_response``
 1, 0.5, 0). Rows are named ``<part>_r<cell_response>``; ``off_r1`` is the default where the
-flow is off (fewer than five measured contexts) and ``full_r1`` where it is on.
+flow is off (fewer than five measured contexts) and ``full_r1`` where it is on. Each run
+prints its rows' top-20 Pearson and energy; the CSV holds every metric of
+:func:`perturbflow.metrics.summarize` per row (``report.py`` tabulates only ``quality.py``'s
+row names).
 
 Why: the flow's whole move in a new replicate gives the best top-20 Pearson of any row of
 the protocol (0.591 against the mean shift's 0.532) at an energy cost (0.716 against 0.178,
@@ -21,10 +23,8 @@ the cells' spread around them, which ``cell_response`` takes away.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import score
-from tasks import DEFAULT_DATA_DIR, FOLDS, RESULTS_DIR, fold_task, parse_config, save_results
+from tasks import DEFAULT_DATA_DIR, FOLDS, RESULTS_DIR, fold_task, parse_config, run_units
 
 import perturbflow as pf
 from perturbflow.metrics import summarize
@@ -86,13 +86,7 @@ def main(argv=None) -> None:
              for fold in FOLDS[name] if not args.folds or fold in args.folds]
     run = partial(run_unit, data_dir=args.data_dir, config=parse_config(args.config),
                   threads=max(1, args.threads // args.jobs), parts=args.parts, responses=args.responses)
-    rows, start = [], time.perf_counter()
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for summary in pool.map(run, units):
-            rows.append(summary)
-            save_results(pd.concat(rows, ignore_index=True), args.out)
-    print(f"{len(units)} runs in {(time.perf_counter() - start) / 60:.1f} min")
-
+    run_units(run, units, args.out, args.jobs)
 
 if __name__ == "__main__":
     main()

@@ -46,10 +46,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -59,7 +57,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts
-from tasks import DEFAULT_DATA_DIR, FOLDS, RESULTS_DIR, fold_task, parse_config, save_results
+from tasks import DEFAULT_DATA_DIR, FOLDS, RESULTS_DIR, fold_task, parse_config, run_units
 
 import perturbflow as pf
 from perturbflow.data import context_labels
@@ -251,19 +249,7 @@ def main(argv=None, tasks=tuple(FOLDS), backbones=("mlp",), out_name="quality.cs
     run = partial(run_unit, data_dir=args.data_dir, config=config, ablation=args.ablation, threads=threads,
                   history=args.history)
 
-    rows = []
-    start = time.perf_counter()
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for summary in pool.map(run, units):
-                rows.append(summary)
-                save_results(pd.concat(rows, ignore_index=True), out)  # partial results survive a stop
-    else:
-        for unit in units:
-            rows.append(run(unit))
-            save_results(pd.concat(rows, ignore_index=True), out)
-    print(f"{len(units)} runs in {(time.perf_counter() - start) / 60:.1f} min")
-
+    run_units(run, units, out, args.jobs)
 
 if __name__ == "__main__":
     main()

@@ -208,14 +208,12 @@ def test_gaussian_map_of_a_small_shifted_group_is_nearly_the_shift():
     would make the unshrunk map move every cell far from its shifted self; shrunk towards
     the controls' covariance the map stays near the shift (benchmarks/RESULTS.md, "Session 26")."""
     from perturbflow.data import gaussian_map
-    from perturbflow.data._pairing import _sqrt_psd
+    from perturbflow.data._pairing import monge_matrix
 
     rng = np.random.default_rng(4)
     x0, x1 = rng.normal(size=(256, 20)), rng.normal(size=(35, 20)) + 1.0
     shrunk = gaussian_map(x0, x1)
-    s_0, s_1 = np.cov(x0, rowvar=False), np.cov(x1, rowvar=False)
-    root, inv_root = _sqrt_psd(s_0), _sqrt_psd(s_0, inverse=True)
-    unshrunk = inv_root @ _sqrt_psd(root @ s_1 @ root) @ inv_root
+    unshrunk = monge_matrix(np.cov(x0, rowvar=False), np.cov(x1, rowvar=False))
 
     def move_beyond_shift(a):
         return np.sqrt(((((x0 - x0.mean(0)) @ (a - np.eye(20)).T) ** 2).sum(1)).mean())

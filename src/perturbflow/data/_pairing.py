@@ -73,9 +73,14 @@ def gaussian_map(x_0: np.ndarray, x_1: np.ndarray) -> GaussianMap:
     if min(len(x_0), len(x_1)) <= x_0.shape[1]:  # too few cells for a covariance: the shift alone
         return GaussianMap(m_0, m_1, np.eye(x_0.shape[1]))
     s_0 = np.atleast_2d(np.cov(x_0, rowvar=False))
-    s_1 = shrunk_covariance(x_1, s_0)
+    return GaussianMap(m_0, m_1, monge_matrix(s_0, shrunk_covariance(x_1, s_0)))
+
+
+def monge_matrix(s_0: np.ndarray, s_1: np.ndarray) -> np.ndarray:
+    """``A = S_0^-1/2 (S_0^1/2 S_1 S_0^1/2)^1/2 S_0^-1/2``: the linear part of the optimal
+    transport map from a normal of covariance ``s_0`` to one of covariance ``s_1``."""
     root, inv_root = _sqrt_psd(s_0), _sqrt_psd(s_0, inverse=True)
-    return GaussianMap(m_0, m_1, inv_root @ _sqrt_psd(root @ s_1 @ root) @ inv_root)
+    return inv_root @ _sqrt_psd(root @ s_1 @ root) @ inv_root
 
 
 def covariance_shrinkage(x: np.ndarray, target: np.ndarray) -> float:
