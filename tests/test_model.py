@@ -10,6 +10,7 @@ import torch
 import perturbflow as pf
 from perturbflow import PerturbFlowError
 from perturbflow.data import mean_exact_shift
+from perturbflow.train import FEW_CONTEXTS_FRACTION, MIN_CONTEXTS
 from tests.conftest import is_integer_matrix
 
 
@@ -149,6 +150,21 @@ def test_flow_correction_in_seen_and_new_contexts(trained_model, controls):
     assert set(shape.uns["perturbflow_prediction"]["flow_correction"].values()) == {1.0}
     assert set(shape.uns["perturbflow_prediction"]["flow_correction_part"].values()) == {"shape"}
     assert set(mean.uns["perturbflow_prediction"]["flow_correction_part"].values()) == {"mean"}
+    # "auto" with fewer than MIN_CONTEXTS measured contexts: the shape at FEW_CONTEXTS_FRACTION,
+    # unless new_context_fraction says another share
+    assert len(trained_model.measured_contexts) < MIN_CONTEXTS
+    auto = predict(0.0, [], new_context_flow="auto")
+    np.testing.assert_allclose(auto.obsm["X_perturbflow"] - z_prior,
+                               FEW_CONTEXTS_FRACTION * (shape.obsm["X_perturbflow"] - z_prior), atol=1e-4)
+    assert set(auto.uns["perturbflow_prediction"]["flow_correction"].values()) == {FEW_CONTEXTS_FRACTION}
+    assert set(auto.uns["perturbflow_prediction"]["flow_correction_part"].values()) == {"shape"}
+    trained_model.config.new_context_fraction = 0.25
+    try:
+        quarter = predict(0.0, [], new_context_flow="auto")
+    finally:
+        trained_model.config.new_context_fraction = None
+    np.testing.assert_allclose(quarter.obsm["X_perturbflow"] - z_prior,
+                               0.25 * (shape.obsm["X_perturbflow"] - z_prior), atol=1e-4)
 
 
 def _without_correction(model, controls, perturbation="G0", **config):
@@ -246,6 +262,14 @@ def test_exact_mean_takes_true_false_auto_or_a_share():
     for value in (1.5, -0.1, "half"):
         with pytest.raises(PerturbFlowError, match="exact_mean"):
             pf.PerturbFlowConfig(exact_mean=value)
+
+
+def test_new_context_fraction_takes_none_or_a_share():
+    for value in (None, 0, 0.5, 1.0):
+        assert pf.PerturbFlowConfig(new_context_fraction=value).new_context_fraction == value
+    for value in (-0.5, "half", True):
+        with pytest.raises(PerturbFlowError, match="new_context_fraction"):
+            pf.PerturbFlowConfig(new_context_fraction=value)
 
 
 @pytest.mark.parametrize("by", ["shift", "zeroing"])

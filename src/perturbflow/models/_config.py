@@ -100,11 +100,14 @@ class PerturbFlowConfig:
         the transfer sets the mean move, the flow, under its learned null context, how each
         cell moves around it), ``"full"``, or ``"auto"``: ``"full"`` where the training data
         measured at least 5 contexts (``perturbflow.train.MIN_CONTEXTS``), from which the
-        flow learns a null context that carries to a new one, ``"off"`` with fewer. Over the 7
+        flow learns a null context that carries to a new one, ``"shape"`` at half its size
+        (``perturbflow.train.FEW_CONTEXTS_FRACTION``) with fewer. Over the 7
         Kang folds and 3 seeds the whole transport cut the mean energy excess from 0.548
         (flow off) to 0.469, gaining on 4 folds and losing on 2 (benchmarks/RESULTS.md,
         "Session 21"); with two training contexts
-        (McFaline's lines, Norman's replicates) it costs. ``"probe"`` (the default of
+        (McFaline's lines, Norman's replicates) its mean move costs, and its shape gains on
+        top-20 Pearson at an energy cost that half the shape avoids (benchmarks/RESULTS.md,
+        "Session 27"). ``"probe"`` (the default of
         sessions 7-20): a probe flow is fitted without the measured context nearest to each
         new one, each part of its correction is scored there under the null context, and a
         new context gets the choice of its nearest probed context, a part being chosen only
@@ -112,6 +115,10 @@ class PerturbFlowConfig:
         twentieth against ``"off"`` on all of them and on both halves
         (``perturbflow.train.best_parts``); it is a second flow fit, and one held-out
         neighbour proved a poor stand-in for some cell types (B, dendritic cells).
+    new_context_fraction
+        The fraction of ``new_context_flow``'s part applied in a context new to the flow;
+        ``None``: whole, except where ``"auto"`` applies the shape (then
+        ``perturbflow.train.FEW_CONTEXTS_FRACTION``).
     new_context_condition
         The context the flow is conditioned on where it runs in a context new to it:
         ``"null"`` (the learned null context of context dropout) or ``"own"`` (the
@@ -206,6 +213,7 @@ class PerturbFlowConfig:
     context_dropout: float = 0.2
     centered_correction: bool = False
     new_context_flow: Literal["auto", "probe", "off", "mean", "shape", "full"] = "auto"
+    new_context_fraction: float | None = None
     new_context_condition: Literal["null", "own"] = "null"
     decode: Literal["delta", "direct"] = "delta"
     gene_offset: Literal["residual", "baseline", "prior_mean"] = "residual"
@@ -223,6 +231,9 @@ class PerturbFlowConfig:
 
         if not isinstance(self.flow_ensemble, int) or isinstance(self.flow_ensemble, bool) or self.flow_ensemble < 1:
             raise PerturbFlowError(f"flow_ensemble={self.flow_ensemble!r} is not a whole number of at least 1")
+        fraction = self.new_context_fraction
+        if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or fraction < 0):
+            raise PerturbFlowError(f"new_context_fraction={fraction!r} is not None or a number of at least 0")
         for name, kind in get_type_hints(type(self)).items():
             choices = get_args(kind) if get_origin(kind) is Literal else ()
             if name == "exact_mean":

@@ -33,6 +33,7 @@ from perturbflow.models._transfer import ContextTransfer
 from perturbflow.nn import CountVAE
 from perturbflow.train import (
     DEFAULT_EVERY_N_STEPS,
+    FEW_CONTEXTS_FRACTION,
     MIN_CONTEXTS,
     nearest_context,
     new_context_exact_mean,
@@ -215,10 +216,18 @@ class PerturbFlow:
         (``residual_prior=False``) the flow is the whole prediction and is always applied.
         ``mean``: the mean control latent of the context, for a context the model was not
         trained with (``"probe"`` looks up the nearest held-out context with it).
+        The part is applied at ``new_context_fraction``; by default whole, and at
+        ``FEW_CONTEXTS_FRACTION`` where ``"auto"`` applies the shape (fewer than
+        ``MIN_CONTEXTS`` measured contexts).
         """
         if not self.config.residual_prior or context in self.flow_contexts:
             return self.correction_scale
-        return 0.0 if self.new_context_choice(context, mean) == "off" else 1.0
+        if self.new_context_choice(context, mean) == "off":
+            return 0.0
+        if self.config.new_context_fraction is not None:
+            return float(self.config.new_context_fraction)
+        few = self.config.new_context_flow == "auto" and len(self.measured_contexts) < MIN_CONTEXTS
+        return FEW_CONTEXTS_FRACTION if few else 1.0
 
     def correction_part_in(self, context: str, mean: np.ndarray | None = None) -> str:
         """Which part of the flow's correction is applied in ``context``: ``"all"``,
@@ -236,12 +245,12 @@ class PerturbFlow:
         """What of the flow's correction ``new_context_flow`` applies in ``context`` if it is
         new to the flow: ``"off"``, ``"mean"``, ``"shape"`` or ``"full"``. With ``"auto"``,
         ``"full"`` where the training data measured at least ``MIN_CONTEXTS`` contexts (from
-        which the flow learned its null context), ``"off"`` with fewer. With ``"probe"``, the
+        which the flow learned its null context), ``"shape"`` with fewer. With ``"probe"``, the
         choice made on the held-out measured context nearest to it (by the mean of the
         control latents; ``"off"`` when none was held out)."""
         setting = self.config.new_context_flow
         if setting == "auto":
-            return "full" if len(self.measured_contexts) >= MIN_CONTEXTS else "off"
+            return "full" if len(self.measured_contexts) >= MIN_CONTEXTS else "shape"
         if setting != "probe":
             return setting
         if context in self.new_context_parts:

@@ -33,6 +33,7 @@ from perturbflow.train._groups import (
     gene_space_shifts,
 )
 from perturbflow.train._new_context import (
+    FEW_CONTEXTS_FRACTION,
     MIN_CONTEXTS,
     MIN_GAIN,
     NEW_CONTEXT_PARTS,
@@ -50,6 +51,7 @@ __all__ = [
     "CORRECTION_SCALES",
     "DECODINGS",
     "DEFAULT_EVERY_N_STEPS",
+    "FEW_CONTEXTS_FRACTION",
     "MIN_CONTEXTS",
     "MIN_GAIN",
     "NEW_CONTEXT_PARTS",

@@ -1,7 +1,8 @@
 """What of the flow's correction to apply in a context new to the flow, chosen on a training
 context held out of a probe flow's fit (``new_context_flow="probe"``, the default of sessions
 7-20; since session 21 the default, ``"auto"``, applies the whole correction wherever at least
-``MIN_CONTEXTS`` contexts were measured).
+``MIN_CONTEXTS`` contexts were measured, and since session 27 its shape at
+``FEW_CONTEXTS_FRACTION`` where fewer were).
 
 In a new cell type or line the flow runs under its learned null context, and whether its
 correction helps there depends on the context (benchmarks/RESULTS.md, "flow parts in new
@@ -30,7 +31,11 @@ from perturbflow.metrics import energy_distance
 
 NEW_CONTEXT_PARTS = ("off", "mean", "shape", "full")  # ties go to the earlier one
 MIN_GAIN = 0.05  # the share of "off"'s latent energy distance a part must cut to be applied
-MIN_CONTEXTS = 5  # measured contexts needed to apply the flow in a new one (and to hold one out for a probe)
+MIN_CONTEXTS = 5  # measured contexts needed to apply the flow in a new one whole (and to hold one out for a probe)
+# with fewer measured contexts, "auto" applies the shape of the flow's correction at this fraction
+# (benchmarks/RESULTS.md, "Session 27"): half, the move whose worst-case squared error is least when
+# anything from none to all of the shape may carry to the new context
+FEW_CONTEXTS_FRACTION = 0.5
 MAX_CELLS = 256  # cells per group in the energy distances
 N_PCS = 30  # principal components of the real cells in which gene-space distances are taken
 
