@@ -8,8 +8,10 @@ Each (fold, seed) trains the default model once (as ``quality.py`` does) and sco
 same held-out real cells, its predictions with the flow's correction in the new context set
 to each part (``new_context_flow``: ``off``, ``mean``, ``shape``, ``full``) and each cell's
 own decoded change beyond its group's mean kept whole, halved or dropped (``cell_response``
-1, 0.5, 0). Rows are named ``<part>_r<cell_response>``; ``off_r1`` is the default where the
-flow is off (fewer than five measured contexts) and ``full_r1`` where it is on. Each run
+1, 0.5, 0), each part applied whole or at the shares ``--fractions`` gives
+(``new_context_fraction``). Rows are named ``<part>_r<cell_response>`` (whole) or
+``<part>_f<share>_r<cell_response>``; ``shape_f0.5_r1`` is the default where fewer than five
+contexts were measured (since session 27; ``off_r1`` before) and ``full_r1`` where more were. Each run
 prints its rows' top-20 Pearson and energy; the CSV holds every metric of
 :func:`perturbflow.metrics.summarize` per row (``report.py`` tabulates only ``quality.py``'s
 row names).
@@ -43,7 +45,7 @@ CELL_RESPONSES = (1.0, 0.5, 0.0)
 
 
 def run_unit(unit: tuple, data_dir: Path, config: dict, threads: int, parts=PARTS,
-             responses=CELL_RESPONSES) -> pd.DataFrame:
+             responses=CELL_RESPONSES, fractions=(1.0,)) -> pd.DataFrame:
     name, fold, seed = unit
     torch.set_num_threads(threads)
     task = fold_task(name, fold, data_dir)
@@ -56,10 +58,13 @@ def run_unit(unit: tuple, data_dir: Path, config: dict, threads: int, parts=PART
     tables = []
     for part in parts:
         model.config.new_context_flow = part
-        for response in responses:
-            model.config.cell_response = response
-            pred = model.predict(controls, task.perturbations, seed=seed)
-            tables.append(score(pred, task, seed, f"{part}_r{response:g}"))
+        for fraction in (fractions if part != "off" else (1.0,)):
+            model.config.new_context_fraction = fraction
+            for response in responses:
+                model.config.cell_response = response
+                pred = model.predict(controls, task.perturbations, seed=seed)
+                name = part if fraction == 1 else f"{part}_f{fraction:g}"
+                tables.append(score(pred, task, seed, f"{name}_r{response:g}"))
     summary = summarize(pd.concat(tables, ignore_index=True)).reset_index()
     for col, value in (("seed", seed), ("backbone", model.config.backbone), ("task", task.name), ("dataset", name)):
         summary.insert(0, col, value)
@@ -79,13 +84,16 @@ def main(argv=None) -> None:
     parser.add_argument("--config", nargs="*", default=[], help="PerturbFlowConfig overrides, KEY=VALUE")
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     parser.add_argument("--responses", nargs="+", type=float, default=list(CELL_RESPONSES))
+    parser.add_argument("--fractions", nargs="+", type=float, default=[1.0],
+                        help="shares of each part applied (new_context_fraction); rows <part>_f<share>_r<response>")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
     units = [(name, fold, seed) for seed in args.seeds for name in args.tasks
              for fold in FOLDS[name] if not args.folds or fold in args.folds]
     run = partial(run_unit, data_dir=args.data_dir, config=parse_config(args.config),
-                  threads=max(1, args.threads // args.jobs), parts=args.parts, responses=args.responses)
+                  threads=max(1, args.threads // args.jobs), parts=args.parts, responses=args.responses,
+                  fractions=args.fractions)
     run_units(run, units, args.out, args.jobs)
 
 if __name__ == "__main__":
