@@ -363,11 +363,15 @@ print(f"bandwidth used for {heldout_type}: {pred.uns['perturbflow_prediction']['
 Each predicted cell moves by what the VAE's decoder gives for moving *that cell's* latent by
 the transferred latent shift, so cells of one type respond differently by their state. The
 flow's own correction beyond that move is calibrated on held-out training groups of cell
-types the flow has seen, which say nothing about a new one; the prediction records what was
-applied in each context:
+types the flow has seen, which say nothing about a new one. In a new cell type the flow runs
+under its learned null context: its whole move where the training data measured at least 5
+cell types, half of its shape around the transferred mean with fewer
+(`new_context_fraction` sets another share). The prediction records what was applied in
+each context, and which part:
 """),
         code("""
-print(pred.uns["perturbflow_prediction"]["flow_correction"])
+info = pred.uns["perturbflow_prediction"]
+print(info["flow_correction"], info["flow_correction_part"])
 """),
     ]
 
@@ -391,7 +395,7 @@ register a new backbone.
 
 MAX_EPOCHS = 10
 # Small networks keep this comparison quick; the same settings for every backbone keep it fair.
-SMALL = dict(n_latent=10, flow_steps_per_epoch=20, backbone_kwargs={"depth": 2})"""),
+SMALL = {"n_latent": 10, "flow_steps_per_epoch": 20, "backbone_kwargs": {"depth": 2}}"""),
         code("""
 from perturbflow.backbones import list_backbones
 
