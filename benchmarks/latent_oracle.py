@@ -38,9 +38,7 @@ prediction, and no flow's shape can add to it (benchmarks/RESULTS.md, "Session 1
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -52,7 +50,7 @@ from scipy.optimize import linear_sum_assignment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts
 from quality import forced_correction, score, scored_prediction
-from tasks import DEFAULT_DATA_DIR, FOLDS, fold_task, parse_config, save_results
+from tasks import DEFAULT_DATA_DIR, FOLDS, fold_task, parse_config, run_units
 
 import perturbflow as pf
 import perturbflow.models._prediction as prediction
@@ -207,12 +205,13 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     units = [(name, fold, seed) for seed in args.seeds for name in args.tasks
              for fold in FOLDS[name] if not args.folds or fold in args.folds]
-    run = partial(run_fold, data_dir=args.data_dir, config=parse_config(args.config), barycentric=args.barycentric)
-    rows = []
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for summary in pool.map(run, *zip(*units)):
-            rows.append(summary)
-            save_results(pd.concat(rows, ignore_index=True), args.out)
+    run = partial(run_unit, data_dir=args.data_dir, config=parse_config(args.config), barycentric=args.barycentric)
+    run_units(run, units, args.out, args.jobs)
+
+
+def run_unit(unit: tuple, **kwargs) -> pd.DataFrame:
+    """``run_fold`` of one (dataset, fold, seed), as ``tasks.run_units`` calls it."""
+    return run_fold(*unit, **kwargs)
 
 
 if __name__ == "__main__":

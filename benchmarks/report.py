@@ -128,8 +128,10 @@ def rank(*paths: str) -> None:
     (``flow_full``: the whole correction applied in every context; ``flow_mean``: its mean
     move in a new context), each with the default prediction, the prior alone (the same for every backbone: what the flow is measured
     against), training time and size. Cells: mean over folds (and seeds) of top-20 Pearson
-    delta / energy excess over the floor; the rank is by ``flow_full``'s energy excess. Only
-    the (fold, seed) runs that every backbone has are counted."""
+    delta / energy excess over the floor; the rank is by the default prediction's energy
+    excess (``flow_full``'s until session 27, when the default came to apply the flow in
+    every new context: on Kang the two are one prediction). Only the (fold, seed) runs that
+    every backbone has are counted."""
     df = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
     df["energy_excess"] = df["energy_distance"] - df["energy_floor"]
     for command in dict.fromkeys(df["command"]):
@@ -150,7 +152,7 @@ def rank(*paths: str) -> None:
             timing = mine[mine["model"] == "perturbflow"]
             rows.append({"backbone": backbone, **{m: cell(mine, m) for m in RANKED},
                          "train_s": timing["train_s"].mean(), "params": int(timing["backbone_params"].iloc[0])})
-        rows.sort(key=lambda r: (r["flow_full"][1], -r["flow_full"][0]))
+        rows.sort(key=lambda r: (r["perturbflow"][1], -r["perturbflow"][0]))
         table = pd.DataFrame([{
             "rank": i + 1, "backbone": r["backbone"],
             **{m: f"{r[m][0]:.3f} / {r[m][1]:.3f}" for m in RANKED},
