@@ -11,6 +11,7 @@ import perturbflow as pf
 from perturbflow.data import Group
 from perturbflow.train import (
     DECODINGS,
+    FEW_CONTEXTS_FRACTION,
     MIN_GAIN,
     GeneSpace,
     apply_part,
@@ -161,8 +162,10 @@ def test_the_probe_holds_out_the_nearest_measured_context_and_predicts_with_its_
     assert np.allclose(again.layers["expected"], pred.layers["expected"], atol=1e-4)
     model.config.new_context_flow = "off"  # a fixed choice overrides the calibrated one
     assert model.new_context_choice(new) == "off" and model.correction_scale_in(new) == 0.0
-    # "auto": the whole correction, the training data having measured 5 contexts; off with fewer
+    # "auto": the whole correction, the training data having measured 5 contexts; with fewer,
+    # its shape at FEW_CONTEXTS_FRACTION
     model.config.new_context_flow = "auto"
     assert model.new_context_choice(new) == "full" and model.correction_scale_in(new) == 1.0
     model.measured_contexts = model.measured_contexts[:4]
-    assert model.new_context_choice(new) == "off" and model.correction_scale_in(new) == 0.0
+    assert model.new_context_choice(new) == "shape"
+    assert model.correction_scale_in(new) == FEW_CONTEXTS_FRACTION
