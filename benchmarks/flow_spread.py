@@ -63,8 +63,8 @@ def run_unit(unit: tuple, data_dir: Path, config: dict, threads: int, parts=PART
             for response in responses:
                 model.config.cell_response = response
                 pred = model.predict(controls, task.perturbations, seed=seed)
-                name = part if fraction == 1 else f"{part}_f{fraction:g}"
-                tables.append(score(pred, task, seed, f"{name}_r{response:g}"))
+                applied = part if fraction == 1 else f"{part}_f{fraction:g}"
+                tables.append(score(pred, task, seed, f"{applied}_r{response:g}"))
     summary = summarize(pd.concat(tables, ignore_index=True)).reset_index()
     for col, value in (("seed", seed), ("backbone", model.config.backbone), ("task", task.name), ("dataset", name)):
         summary.insert(0, col, value)
@@ -95,6 +95,7 @@ def main(argv=None) -> None:
                   threads=max(1, args.threads // args.jobs), parts=args.parts, responses=args.responses,
                   fractions=args.fractions)
     run_units(run, units, args.out, args.jobs)
+
 
 if __name__ == "__main__":
     main()
