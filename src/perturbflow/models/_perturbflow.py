@@ -222,12 +222,13 @@ class PerturbFlow:
         """
         if not self.config.residual_prior or context in self.flow_contexts:
             return self.correction_scale
-        if self.new_context_choice(context, mean) == "off":
+        choice = self.new_context_choice(context, mean)
+        if choice == "off":
             return 0.0
         if self.config.new_context_fraction is not None:
             return float(self.config.new_context_fraction)
-        few = self.config.new_context_flow == "auto" and len(self.measured_contexts) < MIN_CONTEXTS
-        return FEW_CONTEXTS_FRACTION if few else 1.0
+        # "auto" resolves to the shape exactly where it found too few measured contexts
+        return FEW_CONTEXTS_FRACTION if self.config.new_context_flow == "auto" and choice == "shape" else 1.0
 
     def correction_part_in(self, context: str, mean: np.ndarray | None = None) -> str:
         """Which part of the flow's correction is applied in ``context``: ``"all"``,
