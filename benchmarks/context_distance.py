@@ -22,9 +22,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import read_runs
 
 
 def distance_ratio(means: dict[str, np.ndarray], held: str) -> float:
@@ -62,7 +67,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+")
     args = parser.parse_args(argv)
-    rows = fold_rows(pd.concat([pd.read_csv(p) for p in args.paths], ignore_index=True))
+    rows = fold_rows(read_runs(args.paths))  # a run in two files counted once
     rows = rows.sort_values(["task", "seed"])
     print(rows.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print("\nper task (mean over seeds; ratio min-max):")

@@ -89,7 +89,7 @@ def _mean_sd(values: pd.Series) -> str:
     return f"{values.mean():.3f}" + (f" ± {values.std(ddof=1):.3f}" if values.notna().sum() > 1 else "")
 
 
-def _read(paths) -> pd.DataFrame:
+def read_runs(paths) -> pd.DataFrame:
     """The rows of every file of ``paths``; a run (dataset, fold, backbone, seed) found in more
     than one file is counted once, from the last file that has it (a run repeated in a later
     file, e.g. one that an earlier, stopped file had reached, would otherwise weigh twice)."""
@@ -102,7 +102,7 @@ def folds(*paths: str) -> None:
     """Per fold and per dataset: top-20 Pearson delta and the energy's excess over its floor,
     mean ± standard deviation over seeds (the "mean of folds" column averages the folds of each
     seed that has them all, then the seeds), over the runs of every file of ``paths``."""
-    df = _read(paths)
+    df = read_runs(paths)
     df = df[df["model"].isin(FOLD_MODELS)].copy()
     df["energy_excess"] = df["energy_distance"] - df["energy_floor"]
     for command in dict.fromkeys(df["command"]):
@@ -141,7 +141,7 @@ def rank(*paths: str) -> None:
     excess (``flow_full``'s until session 27, when the default came to apply the flow in
     every new context: on Kang the two are one prediction). Only the (fold, seed) runs that
     every backbone has are counted."""
-    df = _read(paths)
+    df = read_runs(paths)
     df["energy_excess"] = df["energy_distance"] - df["energy_floor"]
     for command in dict.fromkeys(df["command"]):
         print(f"Command: `{command}`\n")

@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from context_distance import distance_ratio
-from report import _read
+from report import read_runs
 
 
 def _run(seed: int, energy: float, command: str) -> dict:
@@ -24,7 +24,7 @@ def test_a_run_in_two_files_counts_once_from_the_later_file(tmp_path):
     first, second = tmp_path / "a.csv", tmp_path / "b.csv"
     pd.DataFrame([_run(0, 1.0, "a"), _run(1, 2.0, "a")]).to_csv(first, index=False)
     pd.DataFrame([_run(1, 2.0, "b"), _run(2, 4.0, "b")]).to_csv(second, index=False)
-    table = _read([first, second])
+    table = read_runs([first, second])
     assert sorted(table["seed"]) == [0, 1, 2]
     assert table.loc[table["seed"] == 1, "command"].item() == "b"
     assert table["energy_distance"].mean() == pytest.approx(7.0 / 3)
